@@ -1,0 +1,165 @@
+"""`dino-vla`: run the perception pipeline on image files, benchmark it, or start the node graph."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _load_image(path: str):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise SystemExit(f"dino-vla: cannot read image {path!r}: {err}") from None
+
+
+def _config(args):
+    from dino_vla.config import ConfigError, default_config_path, load_config
+
+    try:
+        params = load_config(args.config or default_config_path())
+    except ConfigError as err:
+        raise SystemExit(f"dino-vla: {err}") from None
+    if getattr(args, "device", None):
+        for p in params.values():
+            p["device"] = args.device
+    return params
+
+
+def _choose(args, params, stages):
+    from dino_vla.pipeline import choose_models
+
+    choice = choose_models(params, args.models, stages)
+    if choice.notice:
+        print(choice.notice, file=sys.stderr, flush=True)  # first line the user sees
+    return choice
+
+
+def cmd_detect(args) -> int:
+    from dino_vla.instruction import InstructionError, parse_instruction
+    from dino_vla.models.loading import ModelUnavailableError
+    from dino_vla.pipeline import PerceptionPipeline
+    from dino_vla.pipeline.annotate import annotate
+
+    try:
+        query = parse_instruction(args.instruction)
+    except InstructionError as err:
+        raise SystemExit(f"dino-vla: {err}") from None
+    choice = _choose(args, _config(args), ("features", "detector", "segmenter"))
+    try:
+        pipeline = PerceptionPipeline.from_config(choice.params)
+    except ModelUnavailableError as err:
+        raise SystemExit(f"dino-vla: {err}") from None
+    outputs = []
+    for path in args.images:
+        image = _load_image(path)
+        result = pipeline.run(image, query)
+        out_path = _output_path(args.out, path, len(args.images))
+        banner = "RANDOM WEIGHTS - NOT MEANINGFUL" if choice.random_weights else None
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(annotate(image, result.detections, result.masks, banner)).save(out_path)
+        outputs.append(_summary(path, out_path, result, choice))
+    print(json.dumps(outputs[0] if len(outputs) == 1 else outputs, indent=2))
+    return 0
+
+
+def _output_path(out: str, image_path: str, n_images: int) -> str:
+    if n_images == 1 and Path(out).suffix:
+        return out
+    return str(Path(out) / f"{Path(image_path).stem}_annotated.png")
+
+
+def _summary(path, out_path, result, choice) -> dict:
+    dets = result.detections
+    return {
+        "image": path,
+        "annotated": out_path,
+        "instruction": result.query.instruction,
+        "prompt": result.query.prompt,
+        "target": result.query.target,
+        "models": {stage: p["model"] for stage, p in choice.params.items()},
+        "random_weights": choice.random_weights,
+        "meaningful": not choice.random_weights,
+        "detections": [
+            {"phrase": dets.phrases[i], "score": round(float(dets.scores[i]), 4),
+             "box_xyxy": [round(float(v), 1) for v in dets.boxes[i]],
+             "mask_pixels": int(result.masks.masks[i].sum()) if result.masks is not None else None}
+            for i in range(len(dets))],
+        "features": None if result.features is None else
+        {"dim": result.features.dim, "grid": list(result.features.grid)},
+        "timings_ms": {k: round(v, 1) for k, v in result.timings_ms.items()},
+    }
+
+
+def cmd_bench(args) -> int:
+    from dino_vla.bench import run_benchmark
+
+    return run_benchmark(args)
+
+
+def cmd_launch(args) -> int:
+    from dino_vla.ros.launcher import run_graph
+
+    return run_graph(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dino_vla.pipeline import MODEL_CHOICES
+
+    parser = argparse.ArgumentParser(prog="dino-vla", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--config", help="ROS 2 params file (default: config/perception.yaml)")
+        p.add_argument("--device", help="override every stage's device (auto, cpu, cuda, cuda:N)")
+        p.add_argument("--models", choices=MODEL_CHOICES, default="auto",
+                       help="auto: pretrained weights where they can be had, else tiny random-weight "
+                            "models with a notice; pretrained: fail without weights; tiny: random weights")
+
+    p = sub.add_parser("detect", help="annotate image files: boxes, labels, scores, masks; JSON summary")
+    p.add_argument("images", nargs="+", help="image files (any format Pillow reads)")
+    p.add_argument("--instruction", "-i", required=True, help='e.g. "pick up the cup"')
+    p.add_argument("--out", "-o", default="annotated.png",
+                   help="output image (one input) or directory (several inputs)")
+    common(p)
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("bench", help="per-stage latency and throughput of the pipeline on a photo")
+    p.add_argument("--image", help="photo to run on (default: scikit-image's coffee cup)")
+    p.add_argument("--instruction", "-i", default="pick up the cup")
+    p.add_argument("-n", "--runs", type=int, default=20, help="timed runs per stage (default 20)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    p.add_argument("--real-size", action="store_true",
+                   help="random-weight models at the real sizes (DINOv2 ViT-S/14, Grounding DINO-T, "
+                        "SAM ViT-B): measures cost without weights")
+    p.add_argument("--boxes", type=int, default=3, help="boxes given to the segmenter (default 3)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    common(p)
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("launch", help="start the perception node graph here (where `ros2 launch` "
+                                      "does not exist), on the loopback DDS profile")
+    p.add_argument("--instruction", "-i", help="initial instruction (default: from the config)")
+    p.add_argument("--image-topic", default="/camera/color/image_raw", help="camera topic to subscribe")
+    p.add_argument("--namespace", default="", help="namespace of the nodes")
+    p.add_argument("--dds-profile", help="Fast DDS profile (default: config/fastdds_loopback.xml)")
+    common(p)
+    p.set_defaults(func=cmd_launch)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Open-vocabulary boxes for the phrases of an instruction (transformers GroundingDINO)."""
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoProcessor, GroundingDinoForObjectDetection
+
+from dino_vla.instruction import prompt_from_phrases
+from dino_vla.models.loading import load_model, load_pretrained, resolve_device, resolve_dtype
+from dino_vla.types import Detections
+
+DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
+
+
+class GroundingDetector:
+    def __init__(self, model, processor, name: str, box_threshold: float = 0.35,
+                 text_threshold: float = 0.25, nms_iou: float = 0.5, max_detections: int = 20):
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.box_threshold = box_threshold
+        self.text_threshold = text_threshold
+        self.nms_iou = nms_iou
+        self.max_detections = max_detections
+
+    @classmethod
+    def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+             **thresholds) -> "GroundingDetector":
+        dev = resolve_device(device)
+        model = load_model(GroundingDinoForObjectDetection, source, dev, resolve_dtype(dtype, dev),
+                           what="Grounding DINO detector", parameter="detector.model")
+        processor = load_pretrained(AutoProcessor.from_pretrained, source, what="Grounding DINO processor",
+                                    parameter="detector.model")
+        return cls(model, processor, source, **thresholds)
+
+    @torch.inference_mode()
+    def detect(self, image: np.ndarray, phrases: Sequence[str]) -> Detections:
+        """Boxes (xyxy pixels) whose score passes box_threshold, each labelled with the requested phrase
+        its text tokens match; class-wise non-maximum suppression; best first."""
+        h, w = image.shape[:2]
+        phrases = tuple(p.strip().lower() for p in phrases)
+        inputs = self.processor(images=Image.fromarray(image), text=prompt_from_phrases(phrases),
+                                return_tensors="pt").to(self.model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        outputs = self.model(**inputs)
+        outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+        result = self.processor.post_process_grounded_object_detection(
+            outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
+            target_sizes=[(h, w)])[0]
+        boxes = result["boxes"].cpu().numpy().astype(np.float32)
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        scores = result["scores"].cpu().numpy().astype(np.float32)
+        labels = [_match_phrase(label, phrases) for label in result["text_labels"]]
+        keep = [i for i, label in enumerate(labels) if label is not None]
+        keep = self._suppress(boxes, scores, labels, keep)
+        return Detections(boxes[keep].reshape(-1, 4), scores[keep], tuple(labels[i] for i in keep), (h, w))
+
+    def _suppress(self, boxes, scores, labels, candidates: list[int]) -> list[int]:
+        kept: list[int] = []
+        for phrase in dict.fromkeys(labels[i] for i in candidates):
+            idx = [i for i in candidates if labels[i] == phrase]
+            xywh = [[float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])] for b in boxes[idx]]
+            survivors = cv2.dnn.NMSBoxes(xywh, scores[idx].tolist(), 0.0, self.nms_iou)
+            kept += [idx[int(j)] for j in np.asarray(survivors).reshape(-1)]
+        kept.sort(key=lambda i: (-scores[i], i))
+        return kept[: self.max_detections]
+
+
+_SPECIAL_TOKEN = re.compile(r"\[[A-Z]+\]")  # [SEP], [CLS], [PAD] left in decoded labels
+_WORD = re.compile(r"[a-z0-9'-]+")
+
+
+def _match_phrase(label: str, phrases: tuple[str, ...]) -> str | None:
+    """Grounding DINO labels a box with the prompt tokens above text_threshold, which can be part of a
+    phrase or span two; pick the requested phrase sharing most words (earliest on ties)."""
+    words = set(_WORD.findall(_SPECIAL_TOKEN.sub(" ", label).lower()))
+    if not words:
+        return None
+    overlap = [len(words & set(p.split())) for p in phrases]
+    best = int(np.argmax(overlap))
+    return phrases[best] if overlap[best] > 0 else None

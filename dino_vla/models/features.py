@@ -1,0 +1,47 @@
+"""DINOv2 vision tokens (transformers Dinov2Model)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, Dinov2Model
+
+from dino_vla.models.loading import load_model, load_pretrained, resolve_device, resolve_dtype
+from dino_vla.types import Features
+
+DEFAULT_MODEL = "facebook/dinov2-small"
+
+
+class DinoFeatures:
+    """Image -> CLS embedding + patch-token grid."""
+
+    def __init__(self, model: Dinov2Model, processor, name: str):
+        self.model = model
+        self.processor = processor
+        self.name = name
+        self.patch_size = int(model.config.patch_size)
+
+    @classmethod
+    def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> "DinoFeatures":
+        dev = resolve_device(device)
+        model = load_model(Dinov2Model, source, dev, resolve_dtype(dtype, dev), what="DINOv2 features",
+                           parameter="features.model")
+        processor = load_pretrained(AutoImageProcessor.from_pretrained, source, what="DINOv2 processor",
+                                    parameter="features.model")
+        return cls(model, processor, source)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @torch.inference_mode()
+    def extract(self, image: np.ndarray) -> Features:
+        pixels = self.processor(images=Image.fromarray(image), return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.model.device, self.model.dtype)
+        hidden = self.model(pixel_values=pixels).last_hidden_state[0].float()
+        rows, cols = pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size
+        # token 0 is CLS; any register tokens sit between it and the rows*cols patch tokens
+        patches = hidden[-rows * cols:].reshape(rows, cols, -1)
+        return Features(cls=hidden[0].cpu().numpy(), patch_tokens=patches.cpu().numpy(),
+                        patch_size=self.patch_size, input_size=(int(pixels.shape[2]), int(pixels.shape[3])),
+                        model=self.name)

@@ -1,0 +1,107 @@
+"""Shared model loading: source resolution (hub id or local directory), device and dtype, and one
+clear error when weights cannot be had."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model's weights cannot be found locally, in the HF cache, or on the hub."""
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA GPU "
+                         f"(torch {torch.__version__}); use device 'auto' or 'cpu'")
+    return dev
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        # half precision only pays off on a GPU; CPUs without bf16/fp16 units get much slower
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def is_local_source(source: str) -> bool:
+    return Path(source).expanduser().exists() or source.startswith(("/", "./", "../", "~"))
+
+
+def cached_on_this_machine(source: str) -> bool:
+    """True when the weights load without network: a local directory or a complete HF cache entry."""
+    if is_local_source(source):
+        return (Path(source).expanduser() / "config.json").is_file()
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(source, "config.json"), str)
+    except Exception:  # malformed repo ids are "not cached", the loader reports them properly
+        return False
+
+
+def how_to_supply(source: str, parameter: str) -> str:
+    return (f"supply it by (1) running `hf download {source}` on a machine with internet and copying "
+            f"its HF cache (~/.cache/huggingface, or $HF_HOME) here, (2) setting `{parameter}` to a local "
+            f"directory written with save_pretrained (safetensors), or (3) letting this machine reach "
+            f"the Hugging Face hub")
+
+
+def load_pretrained(loader: Callable, source: str, *, what: str, parameter: str, **kwargs):
+    """Call ``loader(source, ...)`` (a ``from_pretrained``), turning every way it can fail for lack of
+    weights into one ModelUnavailableError that names what is missing and how to provide it."""
+    local = is_local_source(source)
+    if local:
+        path = Path(source).expanduser()
+        if not path.is_dir():
+            raise ModelUnavailableError(f"{what}: local model directory {str(path)!r} does not exist; "
+                                        + how_to_supply(source, parameter))
+        source = str(path)
+        kwargs["local_files_only"] = True
+    elif cached_on_this_machine(source):
+        kwargs["local_files_only"] = True  # no network round trip (and no hang) when the cache has it
+    try:
+        return loader(source, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = "local directory" if local else "HF cache" + ("" if os.environ.get("HF_HUB_OFFLINE") == "1"
+                                                             else " or hub")
+        raise ModelUnavailableError(f"{what}: cannot load {source!r} from the {where} ({reason[:200]}); "
+                                    + how_to_supply(source, parameter)) from None
+
+
+def load_model(model_cls, source: str, device: torch.device, dtype: torch.dtype, *, what: str,
+               parameter: str):
+    """Weights are read from safetensors only and never with remote code."""
+    model = load_pretrained(model_cls.from_pretrained, source, what=what, parameter=parameter,
+                            use_safetensors=True, trust_remote_code=False, dtype=dtype)
+    return model.to(device).eval()
+
+
+def weights_obtainable(source: str, timeout_s: float = 10.0) -> bool:
+    """Whether ``source`` can be loaded: on this machine already, or on a hub that answers."""
+    if cached_on_this_machine(source):
+        return True
+    if is_local_source(source) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().model_info(source, timeout=timeout_s)
+        return True
+    except Exception:  # unreachable hub, unknown id, gated repo: all mean "not loadable from here"
+        return False
