@@ -70,8 +70,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("max_detections", 20, "at most this many boxes per image, best first", range=(1, 900)),
     ),
     "segmenter": _common(segmenter.DEFAULT_MODEL) + (
-        ParamSpec("image_cache_size", 10, "recent images kept to pair with detections by stamp",
-                  range=(1, 100), read_only=True),
+        ParamSpec("image_cache_size", 30, "recent images kept to pair with detections by stamp; must "
+                  "cover camera rate x detector latency (30 = 1 s at 30 Hz)", range=(1, 300), read_only=True),
     ),
 }
 
@@ -114,20 +114,24 @@ def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
     return {node: found.get(node, defaults(node)) for node in NODE_PARAMS}
 
 
-def default_config_path() -> Path:
-    """config/perception.yaml of a source checkout, else of the installed share/dino_vla."""
+def config_dir() -> Path:
+    """config/ of a source checkout, else share/dino_vla/config of the install."""
     import sys
 
-    here = Path(__file__).resolve().parent.parent / "config" / "perception.yaml"
-    candidates = [here, Path(sys.prefix) / "share" / "dino_vla" / "config" / "perception.yaml"]
+    candidates = [Path(__file__).resolve().parent.parent / "config",
+                  Path(sys.prefix) / "share" / "dino_vla" / "config"]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        candidates.append(Path(get_package_share_directory("dino_vla")) / "config" / "perception.yaml")
-    except Exception:  # ament index not available: a plain-pip install
+        candidates.append(Path(get_package_share_directory("dino_vla")) / "config")
+    except Exception:  # no ament index: a plain-pip install
         pass
     for candidate in candidates:
-        if candidate.is_file():
+        if (candidate / "perception.yaml").is_file():
             return candidate
-    raise ConfigError("config/perception.yaml not found in the source checkout or the install; "
-                      "pass --config explicitly")
+    raise ConfigError("dino_vla's config/ directory was not found in the source checkout or the "
+                      "install; pass --config explicitly")
+
+
+def default_config_path() -> Path:
+    return config_dir() / "perception.yaml"

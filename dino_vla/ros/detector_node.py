@@ -1,0 +1,68 @@
+"""detector node: camera image + instruction -> Grounding DINO boxes (dino_vla/DetectionArray on
+`detections`). The instruction changes at run time on the `instruction` topic or parameter."""
+from __future__ import annotations
+
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import String
+
+from dino_vla.config import ConfigError
+from dino_vla.instruction import InstructionError, parse_instruction
+from dino_vla.msg import DetectionArray
+from dino_vla.pipeline.annotate import annotate
+from dino_vla.ros.messages import detections_to_msg
+from dino_vla.ros.node_base import PerceptionNode, run_node
+
+_THRESHOLDS = ("box_threshold", "text_threshold", "nms_iou", "max_detections")
+
+
+class DetectorNode(PerceptionNode):
+    STAGE = "detector"
+
+    def __init__(self):
+        super().__init__()
+        try:
+            self.query = parse_instruction(self.params["instruction"])
+        except InstructionError as err:
+            raise ConfigError(f"parameter instruction: {err}") from None
+        self.get_logger().info(f"looking for {self.query.prompt!r} ({self.query.instruction!r})")
+        self.publisher = self.create_publisher(DetectionArray, "detections", 10)
+        self.create_subscription(Image, "image", self.on_image, self.camera_qos)
+        # transient local: an instruction published before this node started still reaches it
+        self.create_subscription(String, "instruction", self.on_instruction, QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+
+    def apply_parameters(self, updated) -> None:
+        if "instruction" in updated:
+            self.query = parse_instruction(updated["instruction"])  # InstructionError rejects the change
+            self.get_logger().info(f"instruction parameter: now looking for {self.query.prompt!r}")
+        for name in _THRESHOLDS:
+            if name in updated:
+                setattr(self.pipeline.detector, name, updated[name])
+
+    def on_instruction(self, msg: String) -> None:
+        try:
+            self.query = parse_instruction(msg.data)
+        except InstructionError as err:
+            self.get_logger().error(f"instruction rejected, still looking for {self.query.prompt!r}: {err}")
+            return
+        self.get_logger().info(f"instruction topic: now looking for {self.query.prompt!r}")
+
+    def on_image(self, msg: Image) -> None:
+        rgb = self.to_rgb(msg)
+        if rgb is None:
+            return
+        query = self.query
+        detections = self.pipeline.detect(rgb, query)
+        self.publisher.publish(detections_to_msg(msg.header, detections, query.instruction))
+        self.frames_processed += 1
+        if self.params["publish_debug_image"]:
+            self.publish_debug(msg.header, annotate(rgb, detections))
+
+
+def main(args=None) -> int:
+    return run_node(DetectorNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""`dino-vla launch`: start the perception graph as processes where `ros2 launch` does not exist,
+from the same graph description and config, on the checked loopback DDS profile."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dino_vla.dds import DdsProfileError, loopback_environment
+from dino_vla.graph import PERCEPTION_GRAPH, NodeSpec, parameter_overrides, ros_arguments
+
+
+@dataclass
+class RunningGraph:
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def failed(self) -> tuple[str, int] | None:
+        for name, proc in self.processes.items():
+            if proc.poll() is not None:
+                return name, proc.returncode
+        return None
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        # SIGINT, not SIGKILL: Fast DDS only removes its shared-memory segments on a clean exit
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout_s
+        for proc in self.processes.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def start_graph(params_file: str | Path, env: dict[str, str], *, image_topic: str, namespace: str = "",
+                instruction: str | None = None, device: str | None = None,
+                models: dict[str, str] | None = None, specs: tuple[NodeSpec, ...] = PERCEPTION_GRAPH,
+                stdout=None, stderr=None) -> RunningGraph:
+    graph = RunningGraph()
+    for spec in specs:
+        overrides = parameter_overrides(spec, instruction, device, models)
+        cmd = [sys.executable, "-m", spec.module,
+               *ros_arguments(spec, str(params_file), image_topic, namespace, overrides)]
+        graph.processes[spec.name] = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=stdout,
+                                                      stderr=stderr)
+    return graph
+
+
+def run_graph(args) -> int:
+    from dino_vla.cli import _choose, _config
+    from dino_vla.config import default_config_path
+
+    try:
+        env = loopback_environment(args.dds_profile)
+    except DdsProfileError as err:
+        print(f"dino-vla launch: {err}", file=sys.stderr)
+        return 2
+    params_file = args.config or str(default_config_path())
+    choice = _choose(args, _config(args), tuple(spec.name for spec in PERCEPTION_GRAPH))
+    models = {name: p["model"] for name, p in choice.params.items()} if choice.random_weights else None
+    graph = start_graph(params_file, env, image_topic=args.image_topic, namespace=args.namespace,
+                        instruction=args.instruction, device=args.device, models=models)
+    print(f"dino-vla launch: started {', '.join(graph.processes)} on {args.image_topic} "
+          f"(DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}); Ctrl-C stops them", flush=True)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            failed = graph.failed()
+            if failed:
+                print(f"dino-vla launch: node {failed[0]} exited with code {failed[1]}; stopping the graph",
+                      file=sys.stderr)
+                return failed[1] or 1
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        graph.stop()
+    return 0

@@ -1,0 +1,59 @@
+"""segmenter node: detections + the image they came from -> SAM masks (dino_vla/SegmentationMasks on
+`masks`). Images are kept briefly and paired with detections by exact header stamp."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from sensor_msgs.msg import Image
+
+from dino_vla.msg import DetectionArray, SegmentationMasks
+from dino_vla.pipeline.annotate import annotate
+from dino_vla.ros.messages import detections_from_msg, masks_to_msg
+from dino_vla.ros.node_base import PerceptionNode, run_node
+
+
+class SegmenterNode(PerceptionNode):
+    STAGE = "segmenter"
+
+    def __init__(self):
+        super().__init__()
+        self.images: OrderedDict[tuple[int, int, str], Image] = OrderedDict()
+        self.publisher = self.create_publisher(SegmentationMasks, "masks", 10)
+        # images only wait in a small cache (no inference in this callback), so the camera QoS depth 1
+        # is not needed here; sensor-data best effort still applies
+        self.create_subscription(Image, "image", self.on_image, self.camera_qos)
+        self.create_subscription(DetectionArray, "detections", self.on_detections, 1)
+
+    @staticmethod
+    def _key(header) -> tuple[int, int, str]:
+        return header.stamp.sec, header.stamp.nanosec, header.frame_id
+
+    def on_image(self, msg: Image) -> None:
+        self.images[self._key(msg.header)] = msg
+        while len(self.images) > self.params["image_cache_size"]:
+            self.images.popitem(last=False)
+
+    def on_detections(self, msg: DetectionArray) -> None:
+        image_msg = self.images.get(self._key(msg.header))
+        if image_msg is None:
+            self.get_logger().warning(f"no cached image stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
+                                   f" for these detections (image dropped or cache too small); skipped",
+                                   throttle_duration_sec=5.0)
+            return
+        rgb = self.to_rgb(image_msg)
+        if rgb is None:
+            return
+        detections = detections_from_msg(msg, rgb.shape[:2])
+        masks = self.pipeline.segment(rgb, detections)
+        self.publisher.publish(masks_to_msg(msg.header, msg, detections, masks))
+        self.frames_processed += 1
+        if self.params["publish_debug_image"]:
+            self.publish_debug(msg.header, annotate(rgb, detections, masks))
+
+
+def main(args=None) -> int:
+    return run_node(SegmenterNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
