@@ -78,8 +78,9 @@ class GroundingQuery:
         return prompt_from_phrases(self.phrases)
 
 
-def prompt_from_phrases(phrases: Sequence[str]) -> str:
-    """Join phrases in Grounding DINO's format; duplicates are dropped, order kept."""
+def normalise_phrases(phrases: Sequence[str]) -> tuple[str, ...]:
+    """Phrases as Grounding DINO sees them: lower case, single spaces, no surrounding dots; duplicates
+    dropped, order kept. The detector labels boxes with these, so they must match the prompt exactly."""
     if isinstance(phrases, str) or not phrases:
         raise InstructionError(
             f"Cannot build a prompt from {phrases!r}: expected a non-empty list of phrases.")
@@ -92,7 +93,12 @@ def prompt_from_phrases(phrases: Sequence[str]) -> str:
                 f"Invalid phrase {phrase!r} in {list(phrases)!r}: each phrase must be a string "
                 "with at least one letter and no inner '.'.")
         cleaned.append(text)
-    return " ".join(f"{p}." for p in dict.fromkeys(cleaned))
+    return tuple(dict.fromkeys(cleaned))
+
+
+def prompt_from_phrases(phrases: Sequence[str]) -> str:
+    """Join phrases in Grounding DINO's format ("red mug. laptop.")."""
+    return " ".join(f"{p}." for p in normalise_phrases(phrases))
 
 
 def _fail(text: object, problem: str) -> InstructionError:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-from dino_vla.instruction import prompt_from_phrases
+from dino_vla.instruction import normalise_phrases, prompt_from_phrases
 from dino_vla.models.loading import load_model, load_pretrained, resolve_device, resolve_dtype
 from dino_vla.types import Detections
 
@@ -43,7 +43,7 @@ class GroundingDetector:
         """Boxes (xyxy pixels) whose score passes box_threshold, each labelled with the requested phrase
         its text tokens match; class-wise non-maximum suppression; best first."""
         h, w = image.shape[:2]
-        phrases = tuple(p.strip().lower() for p in phrases)
+        phrases = normalise_phrases(phrases)
         inputs = self.processor(images=Image.fromarray(image), text=prompt_from_phrases(phrases),
                                 return_tensors="pt").to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

@@ -54,11 +54,17 @@ def cached_on_this_machine(source: str) -> bool:
         return False
 
 
-def how_to_supply(source: str, parameter: str) -> str:
-    return (f"supply it by (1) running `hf download {source}` on a machine with internet and copying "
-            f"its HF cache (~/.cache/huggingface, or $HF_HOME) here, (2) setting `{parameter}` to a local "
-            f"directory written with save_pretrained (safetensors), or (3) letting this machine reach "
-            f"the Hugging Face hub")
+def how_to_supply(sources: str | list[str], parameter: str) -> str:
+    """How to provide weights: one `hf download` per hub id; a local path can only be (re)written."""
+    hub_ids = [s for s in ([sources] if isinstance(sources, str) else sources) if not is_local_source(s)]
+    ways = []
+    if hub_ids:
+        ways.append(" and ".join(f"`hf download {i}`" for i in hub_ids) + " on a machine with internet, "
+                    "then copy its HF cache (~/.cache/huggingface, or $HF_HOME) here")
+    ways.append(f"set `{parameter}` to a local directory written with save_pretrained (safetensors)")
+    if hub_ids:
+        ways.append("let this machine reach the Hugging Face hub")
+    return "to supply it: " + "; or ".join(ways)
 
 
 def load_pretrained(loader: Callable, source: str, *, what: str, parameter: str, **kwargs):

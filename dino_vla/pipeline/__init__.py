@@ -78,13 +78,14 @@ class PerceptionPipeline:
         return self._require("detector", self.detector).detect(validate_image(image), query.phrases)
 
     def segment(self, image: np.ndarray, detections: Detections) -> Masks:
+        image = validate_image(image)
         if detections.image_size != image.shape[:2]:
             raise ValueError(f"detections are for a {detections.image_size} image, got {image.shape[:2]}")
-        return self._require("segmenter", self.segmenter).segment(validate_image(image), detections.boxes)
+        return self._require("segmenter", self.segmenter).segment(image, detections.boxes)
 
     def run(self, image: np.ndarray, instruction: str | GroundingQuery) -> PerceptionResult:
         """Every loaded stage on one frame, with per-stage wall times in milliseconds."""
-        query = parse_instruction(instruction) if isinstance(instruction, str) else instruction
+        query = instruction if isinstance(instruction, GroundingQuery) else parse_instruction(instruction)
         image = validate_image(image)
         timings: dict[str, float] = {}
 
@@ -128,9 +129,9 @@ def choose_models(params: dict[str, dict[str, Any]], choice: str = "auto", stage
         missing = [params[s]["model"] for s in stages if not weights_obtainable(params[s]["model"])]
         if not missing:
             return ModelChoice(params, False, None)
-        notice = (f"NOTICE: no pretrained weights for {', '.join(missing)} on this machine and the hub is "
-                  f"unreachable, so tiny RANDOM-weight models run instead and the output is NOT "
-                  f"meaningful; {how_to_supply(' '.join(missing), '<stage>.model in config/perception.yaml')}.")
+        notice = (f"NOTICE: no pretrained weights for {', '.join(missing)} can be loaded here, so tiny "
+                  f"RANDOM-weight models run instead and the output is NOT meaningful; "
+                  f"{how_to_supply(missing, '<stage>.model in config/perception.yaml')}.")
     else:
         notice = "NOTICE: --models tiny: tiny RANDOM-weight models, the output is NOT meaningful."
     sources = build_random_models("tiny")
