@@ -11,7 +11,7 @@ from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
 from dino_vla.instruction import normalise_phrases, prompt_from_phrases
-from dino_vla.models.loading import load_model, load_pretrained, resolve_device, resolve_dtype
+from dino_vla.models.loading import load_model_and_processor
 from dino_vla.types import Detections
 
 DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
@@ -31,11 +31,8 @@ class GroundingDetector:
     @classmethod
     def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
              **thresholds) -> "GroundingDetector":
-        dev = resolve_device(device)
-        model = load_model(GroundingDinoForObjectDetection, source, dev, resolve_dtype(dtype, dev),
-                           what="Grounding DINO detector", parameter="detector.model")
-        processor = load_pretrained(AutoProcessor.from_pretrained, source, what="Grounding DINO processor",
-                                    parameter="detector.model")
+        model, processor = load_model_and_processor(GroundingDinoForObjectDetection, AutoProcessor, source, device, dtype,
+                                                    what="Grounding DINO detector", parameter="detector.model")
         return cls(model, processor, source, **thresholds)
 
     @torch.inference_mode()

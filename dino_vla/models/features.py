@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, Dinov2Model
 
-from dino_vla.models.loading import load_model, load_pretrained, resolve_device, resolve_dtype
+from dino_vla.models.loading import load_model_and_processor
 from dino_vla.types import Features
 
 DEFAULT_MODEL = "facebook/dinov2-small"
@@ -23,11 +23,8 @@ class DinoFeatures:
 
     @classmethod
     def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> "DinoFeatures":
-        dev = resolve_device(device)
-        model = load_model(Dinov2Model, source, dev, resolve_dtype(dtype, dev), what="DINOv2 features",
-                           parameter="features.model")
-        processor = load_pretrained(AutoImageProcessor.from_pretrained, source, what="DINOv2 processor",
-                                    parameter="features.model")
+        model, processor = load_model_and_processor(Dinov2Model, AutoImageProcessor, source, device, dtype,
+                                                    what="DINOv2 features", parameter="features.model")
         return cls(model, processor, source)
 
     @property

@@ -111,3 +111,13 @@ def weights_obtainable(source: str, timeout_s: float = 10.0) -> bool:
         return True
     except Exception:  # unreachable hub, unknown id, gated repo: all mean "not loadable from here"
         return False
+
+
+def load_model_and_processor(model_cls, processor_cls, source: str, device: str, dtype: str, *, what: str,
+                             parameter: str):
+    """The model on its device and dtype, and the processor saved beside it."""
+    dev = resolve_device(device)
+    model = load_model(model_cls, source, dev, resolve_dtype(dtype, dev), what=what, parameter=parameter)
+    processor = load_pretrained(processor_cls.from_pretrained, source, what=f"{what} processor",
+                                parameter=parameter)
+    return model, processor

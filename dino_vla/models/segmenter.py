@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from transformers import SamModel, SamProcessor
 
-from dino_vla.models.loading import load_model, load_pretrained, resolve_device, resolve_dtype
+from dino_vla.models.loading import load_model_and_processor
 from dino_vla.types import Masks
 
 DEFAULT_MODEL = "facebook/sam-vit-base"
@@ -20,11 +20,8 @@ class Segmenter:
 
     @classmethod
     def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> "Segmenter":
-        dev = resolve_device(device)
-        model = load_model(SamModel, source, dev, resolve_dtype(dtype, dev), what="SAM segmenter",
-                           parameter="segmenter.model")
-        processor = load_pretrained(SamProcessor.from_pretrained, source, what="SAM processor",
-                                    parameter="segmenter.model")
+        model, processor = load_model_and_processor(SamModel, SamProcessor, source, device, dtype,
+                                                    what="SAM segmenter", parameter="segmenter.model")
         return cls(model, processor, source)
 
     @torch.inference_mode()
