@@ -45,11 +45,14 @@ class ParamSpec:
 def _common(default_model: str) -> tuple[ParamSpec, ...]:
     return (
         ParamSpec("model", default_model, "Hugging Face hub id or local directory (save_pretrained, "
-                  "safetensors) of the model; loaded at start-up", pattern=r"\S+", read_only=True),
+                  "safetensors) of the model; loaded at start-up", pattern=r"\S(.*\S)?", read_only=True),
         ParamSpec("device", "auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N",
                   pattern=r"auto|cpu|cuda(:\d+)?", read_only=True),
         ParamSpec("dtype", "auto", "weights/activations dtype; auto = float16 on CUDA, float32 on CPU",
                   choices=("auto", "float32", "float16", "bfloat16"), read_only=True),
+        ParamSpec("torch_threads", 0, "CPU threads this node's torch may use; 0 = torch's default (all "
+                  "cores). Set it when several model nodes share one CPU, or they slow each other down",
+                  range=(0, 256), read_only=True),
         ParamSpec("reliability", "best_effort", "QoS reliability of the camera subscription "
                   "(best_effort = sensor data QoS; reliable for bag replay or reliable publishers)",
                   choices=("best_effort", "reliable"), read_only=True),

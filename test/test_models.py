@@ -220,6 +220,16 @@ def test_phrases_not_a_list_of_strings_is_an_instruction_error(detector, coffee,
         detector.detect(coffee, phrases)
 
 
+def test_prompt_longer_than_the_text_encoder_reads_is_an_instruction_error(detector, coffee):
+    limit = detector.model.config.max_text_len
+    phrases = [f"object number {i}" for i in range(limit)]
+    with pytest.raises(InstructionError, match=f"at most {limit} tokens"):
+        detector.detect(coffee, phrases)
+    fitting = phrases[: (limit - 2) // 4]  # "object number N ." is 4 tokens, plus [CLS] and [SEP]
+    assert detector.check_phrases(fitting) == tuple(fitting)
+    detector.detect(coffee, fitting)
+
+
 # --------------------------------------------------------------------------- SAM
 
 

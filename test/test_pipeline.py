@@ -309,6 +309,9 @@ def test_config_int_accepted_for_float(tmp_path):
     ("features:\n  ros__parameters:\n    dtype: fp8\n", "dtype.*not one of"),
     ("features:\n  ros__parameters:\n    device: gpu\n", "device.*does not match"),
     ("segmenter:\n  ros__parameters:\n    model: 7\n", "model: expected str"),
+    ("segmenter:\n  ros__parameters:\n    model: ' /models/sam'\n", "model.*does not match"),
+    ("segmenter:\n  ros__parameters:\n    model: ''\n", "model.*does not match"),
+    ("features:\n  ros__parameters:\n    torch_threads: -1\n", "torch_threads.*outside"),
     ("detector:\n  box_threshold: 0.3\n", "ros__parameters"),
     ("detector: [1, 2\n", "cannot read parameter file"),
     ("detector:\n  ros__parameters:\n    box_threshold: 0.3\n   bad indent: [\n",
@@ -320,6 +323,11 @@ def test_config_errors(tmp_path, body, message):
     with pytest.raises(ConfigError, match=message) as info:
         load_config(_write(tmp_path, body))
     assert "Traceback" not in str(info.value)
+
+
+def test_config_model_path_may_contain_spaces(tmp_path):
+    path = _write(tmp_path, "segmenter:\n  ros__parameters:\n    model: /home/me/My Models/sam-vit-base\n")
+    assert load_config(path)["segmenter"]["model"] == "/home/me/My Models/sam-vit-base"
 
 
 def test_config_missing_file(tmp_path):

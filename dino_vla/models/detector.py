@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-from dino_vla.instruction import normalise_phrases, prompt_from_phrases
+from dino_vla.instruction import InstructionError, normalise_phrases, prompt_from_phrases
 from dino_vla.models.loading import load_model_and_processor
 from dino_vla.types import Detections
 
@@ -35,12 +35,25 @@ class GroundingDetector:
                                                     what="Grounding DINO detector", parameter="detector.model")
         return cls(model, processor, source, **thresholds)
 
+    def check_phrases(self, phrases: Sequence[str]) -> tuple[str, ...]:
+        """The normalised phrases, or InstructionError when their prompt has more text tokens than the
+        model reads (config.max_text_len): past it the model fails deep inside its text encoder."""
+        phrases = normalise_phrases(phrases)
+        limit = getattr(self.model.config, "max_text_len", None)
+        if limit is not None:
+            tokens = len(self.processor.tokenizer(prompt_from_phrases(phrases))["input_ids"])
+            if tokens > limit:
+                raise InstructionError(
+                    f"{len(phrases)} phrases make a {tokens}-token prompt; {self.name} reads at most "
+                    f"{limit} tokens: ask for fewer or shorter objects")
+        return phrases
+
     @torch.inference_mode()
     def detect(self, image: np.ndarray, phrases: Sequence[str]) -> Detections:
         """Boxes (xyxy pixels) whose score passes box_threshold, each labelled with the requested phrase
         its text tokens match; class-wise non-maximum suppression; best first."""
         h, w = image.shape[:2]
-        phrases = normalise_phrases(phrases)
+        phrases = self.check_phrases(phrases)
         inputs = self.processor(images=Image.fromarray(image), text=prompt_from_phrases(phrases),
                                 return_tensors="pt").to(self.model.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)

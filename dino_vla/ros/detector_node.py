@@ -7,7 +7,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import String
 
 from dino_vla.config import ConfigError
-from dino_vla.instruction import InstructionError, parse_instruction
+from dino_vla.instruction import GroundingQuery, InstructionError, parse_instruction
 from dino_vla.msg import DetectionArray
 from dino_vla.pipeline.annotate import annotate
 from dino_vla.ros.messages import detections_to_msg
@@ -22,7 +22,7 @@ class DetectorNode(PerceptionNode):
     def __init__(self):
         super().__init__()
         try:
-            self.query = parse_instruction(self.params["instruction"])
+            self.query = self.query_for(self.params["instruction"])
         except InstructionError as err:
             raise ConfigError(f"parameter instruction: {err}") from None
         self.get_logger().info(f"looking for {self.query.prompt!r} ({self.query.instruction!r})")
@@ -32,9 +32,15 @@ class DetectorNode(PerceptionNode):
         self.create_subscription(String, "instruction", self.on_instruction, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
+    def query_for(self, instruction: str) -> GroundingQuery:
+        """Parsed, and checked against what this detector's text encoder can read, before it is used."""
+        query = parse_instruction(instruction)
+        self.pipeline.detector.check_phrases(query.phrases)
+        return query
+
     def apply_parameters(self, updated) -> None:
         if "instruction" in updated:
-            self.query = parse_instruction(updated["instruction"])  # InstructionError rejects the change
+            self.query = self.query_for(updated["instruction"])  # InstructionError rejects the change
             self.get_logger().info(f"instruction parameter: now looking for {self.query.prompt!r}")
         for name in _THRESHOLDS:
             if name in updated:
@@ -42,7 +48,7 @@ class DetectorNode(PerceptionNode):
 
     def on_instruction(self, msg: String) -> None:
         try:
-            self.query = parse_instruction(msg.data)
+            self.query = self.query_for(msg.data)
         except InstructionError as err:
             self.get_logger().error(f"instruction rejected, still looking for {self.query.prompt!r}: {err}")
             return

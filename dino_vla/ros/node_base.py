@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+import torch
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 from rclpy.executors import ExternalShutdownException
@@ -53,6 +54,8 @@ class PerceptionNode(Node):
         self.params = validate_params(self.STAGE, {n: self.get_parameter(n).value for n in self._specs},
                                       f"node {self.get_name()}")
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        if self.params["torch_threads"] > 0:
+            torch.set_num_threads(self.params["torch_threads"])
         start = time.perf_counter()
         self.get_logger().info(f"loading {self.STAGE} model {self.params['model']!r} "
                                f"(device {self.params['device']}, dtype {self.params['dtype']})")
