@@ -98,6 +98,52 @@ def _summary(path, out_path, result, choice) -> dict:
     }
 
 
+PERCEPTION_CHOICES = ("auto", "models", "ground-truth")
+GROUND_TRUTH_BANNER = "SIMULATOR GROUND-TRUTH SEGMENTATION (no detector/segmenter weights)"
+
+
+def _config_files(args, names: tuple[str, ...]) -> list[str]:
+    """--config files as given, else the package's config/<names> in order (later ones override)."""
+    from dino_vla.config import ConfigError, config_dir, load_config
+
+    try:
+        files = args.config or [str(config_dir() / name) for name in names]
+        load_config(*files)  # refuse a bad file here, not as a node crash later
+    except ConfigError as err:
+        raise SystemExit(f"dino-vla: {err}") from None
+    return files
+
+
+def _choose_perception(args, files: list[str]) -> tuple[bool, str | None]:
+    """(detector + segmenter models?, banner for the visual record). auto: the models when their
+    pretrained weights can be had, else the simulator's ground truth, said in one line up front."""
+    from dino_vla.config import load_config
+    from dino_vla.models.loading import how_to_supply, weights_obtainable
+
+    if args.perception == "models":
+        return True, None
+    if args.perception == "ground-truth":
+        print(f"NOTICE: --perception ground-truth: {GROUND_TRUTH_BANNER.lower()} stands in for Grounding "
+              "DINO + SAM", file=sys.stderr, flush=True)
+        return False, GROUND_TRUTH_BANNER
+    params = load_config(*files)
+    missing = [params[s]["model"] for s in ("detector", "segmenter")
+               if not weights_obtainable(params[s]["model"])]
+    if not missing:
+        return True, None
+    print(f"NOTICE: no pretrained weights for {', '.join(missing)} can be loaded here, so the simulator's "
+          f"GROUND-TRUTH segmentation stands in for Grounding DINO + SAM (labelled 'simulator ground truth' in "
+          f"every output); {how_to_supply(missing, '<stage>.model in config/perception.yaml')}.",
+          file=sys.stderr, flush=True)
+    return False, GROUND_TRUTH_BANNER
+
+
+def cmd_sim_pick(args) -> int:
+    from dino_vla.ros.pick_client import run_sim_pick
+
+    return run_sim_pick(args)
+
+
 def cmd_bench(args) -> int:
     from dino_vla.bench import run_benchmark
 
@@ -153,6 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dds-profile", help="Fast DDS profile (default: config/fastdds_loopback.xml)")
     common(p)
     p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("sim-pick", help="the simulated pick: MuJoCo table-top + the pick node graph over "
+                                        "loopback DDS, one Pick goal, a visual record and a summary")
+    p.add_argument("--instruction", "-i", default="pick up the cup")
+    p.add_argument("--seed", type=int, default=0, help="scene layout (default 0)")
+    p.add_argument("--out", "-o", default="out/sim_pick", help="directory for the record (default out/sim_pick)")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the pick result")
+    p.add_argument("--perception", choices=PERCEPTION_CHOICES, default="auto",
+                   help="models: Grounding DINO + SAM nodes; ground-truth: the simulator's segmentation; "
+                        "auto: models when their pretrained weights can be had")
+    p.add_argument("--config", action="append", help="params file (repeatable, later override earlier; "
+                                                     "default: config/perception.yaml, pick.yaml, sim.yaml)")
+    p.add_argument("--device", help="torch device of the model nodes (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--dds-profile", help="Fast DDS profile (default: config/fastdds_loopback.xml)")
+    p.set_defaults(func=cmd_sim_pick)
     return parser
 
 

@@ -1,7 +1,8 @@
-"""The one parameter schema of the perception nodes. Nodes declare their ROS parameters from it, and the
+"""The one parameter schema of the package's nodes. Nodes declare their ROS parameters from it, and the
 CLI and benchmarks read the same YAML file (ROS 2 params-file format) through it."""
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ParamSpec:
     name: str
-    default: bool | int | float | str
+    default: bool | int | float | str | tuple[float, ...]   # a tuple: a fixed-length double array
     description: str
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
@@ -28,6 +29,8 @@ class ParamSpec:
 
     def validate(self, value: Any, where: str = "") -> Any:
         where = where or self.name
+        if isinstance(self.default, tuple):
+            return self._validate_array(value, where)
         kind = type(self.default)
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -41,6 +44,23 @@ class ParamSpec:
             raise ConfigError(f"{where}: {value!r} does not match {self.pattern}")
         return value
 
+    def _validate_array(self, value: Any, where: str) -> tuple[float, ...]:
+        n = len(self.default)
+        items = list(value) if isinstance(value, (list, tuple)) or hasattr(value, "typecode") else None
+        if items is None or len(items) != n or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in items):
+            raise ConfigError(f"{where}: expected {n} finite numbers, got {value!r}")
+        return tuple(float(v) for v in items)
+
+
+_RELIABILITY = ParamSpec("reliability", "best_effort", "QoS reliability of the camera subscriptions "
+                         "(best_effort = sensor data QoS; reliable for bag replay or reliable publishers)",
+                         choices=("best_effort", "reliable"), read_only=True)
+
+# The simulated camera's optical frame in base_link (dino_vla/sim), so the simulation runs on defaults.
+# A robot sets its own calibration (or use_tf). x, y, z, qx, qy, qz, qw.
+CAMERA_POSE_IN_BASE = (0.55, 0.0, 0.95, -0.653281, -0.653281, 0.270598, 0.270598)
+
 
 def _common(default_model: str) -> tuple[ParamSpec, ...]:
     return (
@@ -53,9 +73,7 @@ def _common(default_model: str) -> tuple[ParamSpec, ...]:
         ParamSpec("torch_threads", 0, "CPU threads this node's torch may use; 0 = torch's default (all "
                   "cores). Set it when several model nodes share one CPU, or they slow each other down",
                   range=(0, 256), read_only=True),
-        ParamSpec("reliability", "best_effort", "QoS reliability of the camera subscription "
-                  "(best_effort = sensor data QoS; reliable for bag replay or reliable publishers)",
-                  choices=("best_effort", "reliable"), read_only=True),
+        _RELIABILITY,
         ParamSpec("publish_debug_image", True, "publish an annotated image on ~/debug_image"),
     )
 
@@ -79,6 +97,74 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
 }
 
 
+def _localisation() -> tuple[ParamSpec, ...]:
+    """What every node that turns masks + depth into 3D objects needs (localiser and pick)."""
+    return (
+        ParamSpec("target_frame", "base_link", "frame the 3D objects and grasps are expressed in",
+                  pattern=r"[A-Za-z_][\w/]*", read_only=True),
+        ParamSpec("camera_pose_in_target", CAMERA_POSE_IN_BASE, "static extrinsic: the camera's optical "
+                  "frame in target_frame as x, y, z (m), qx, qy, qz, qw; used unless use_tf finds a transform",
+                  read_only=True),
+        ParamSpec("use_tf", False, "look the camera pose up with tf2 (real ROS 2 sites with tf2_ros) "
+                  "instead of camera_pose_in_target", read_only=True),
+        ParamSpec("depth_min_m", 0.1, "nearer depth is invalid", range=(0.0, 10.0)),
+        ParamSpec("depth_max_m", 3.0, "farther depth is invalid", range=(0.01, 20.0)),
+        ParamSpec("min_points", 30, "fewer valid points in a mask: no 3D object", range=(1, 100000)),
+        ParamSpec("outlier_neighbours", 20, "statistical outlier removal: neighbours considered",
+                  range=(1, 200)),
+        ParamSpec("outlier_std_ratio", 2.0, "statistical outlier removal: std-dev multiple kept",
+                  range=(0.1, 10.0)),
+        ParamSpec("sync_slop_s", 0.02, "depth, CameraInfo and masks are matched when their stamps lie "
+                  "within this many seconds", range=(0.0, 1.0), read_only=True),
+        ParamSpec("sync_queue_size", 30, "messages kept per input while waiting for a match; must cover "
+                  "camera rate x segmentation latency", range=(1, 1000), read_only=True),
+        _RELIABILITY,
+    )
+
+
+NODE_PARAMS.update({
+    "localiser": _localisation() + (
+        ParamSpec("publish_clouds", True, "publish each object's points on `object_clouds`"),
+    ),
+    "pick": _localisation() + (
+        ParamSpec("instruction", "", "when set, the node picks this once at start-up, as if a goal had been "
+                  "sent (what `ros2 launch dino_vla pick.launch.py instruction:=...` does)", read_only=True),
+        ParamSpec("dry_run", True, "send grasp commands marked dry_run (executors log, nothing moves); "
+                  "on by default so a real arm never moves unless asked to"),
+        ParamSpec("gripper_max_width_m", 0.12, "widest opening between the finger pads", range=(0.005, 0.5)),
+        ParamSpec("gripper_finger_length_m", 0.05, "how far the fingers reach below the tool centre point",
+                  range=(0.005, 0.5)),
+        ParamSpec("gripper_clearance_m", 0.01, "added to the object's width when opening", range=(0.0, 0.1)),
+        ParamSpec("workspace_min", (-0.45, -0.35, 0.35), "reachable box in target_frame: x, y, z minimum (m)"),
+        ParamSpec("workspace_max", (0.45, 0.35, 0.9), "reachable box in target_frame: x, y, z maximum (m)"),
+        ParamSpec("table_height_m", 0.40, "support surface height in target_frame; fingers stay above it",
+                  range=(-5.0, 5.0)),
+        ParamSpec("perception_timeout_s", 15.0, "a pick fails with `timeout` when no masks + depth newer "
+                  "than the goal arrive in this time", range=(0.1, 600.0)),
+        ParamSpec("execution_timeout_s", 30.0, "a pick fails with `timeout` when the executor does not "
+                  "report an outcome in this time", range=(0.1, 600.0)),
+    ),
+    "sim": (
+        ParamSpec("seed", 0, "scene layout; setting it at run time resets the scene", range=(0, 2**31 - 1)),
+        ParamSpec("target", "cup", "object always placed in the scene (a catalogue name)",
+                  pattern=r"[a-z_]+"),
+        ParamSpec("distractors", 3, "other objects placed around it", range=(0, 5)),
+        ParamSpec("rate_hz", 10.0, "camera publishing rate (sim time runs with wall time between grasps)",
+                  range=(0.1, 60.0), read_only=True),
+        ParamSpec("width", 640, "camera image width", range=(64, 1920), read_only=True),
+        ParamSpec("height", 480, "camera image height", range=(48, 1080), read_only=True),
+        ParamSpec("camera_frame", "camera_color_optical_frame", "frame_id of the camera topics",
+                  read_only=True),
+        ParamSpec("base_frame", "base_link", "frame of ground truth and of accepted grasp commands",
+                  read_only=True),
+        ParamSpec("ground_truth_masks", True, "publish the simulator's segmentation of the instruction's "
+                  "objects on `masks` (a labelled stand-in for Grounding DINO + SAM)"),
+        ParamSpec("lift_m", 0.15, "how far a grasp lifts; success = the object rose 80 % of this",
+                  range=(0.02, 0.5)),
+    ),
+})
+
+
 def defaults(node: str) -> dict[str, Any]:
     return {spec.name: spec.default for spec in NODE_PARAMS[node]}
 
@@ -96,25 +182,28 @@ def validate_params(node: str, values: dict[str, Any], source: str = "") -> dict
     return out
 
 
-def load_config(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Read a ROS 2 params file and return the validated parameters of every perception node.
-    Node keys may be plain (``detector``), absolute (``/detector``) or wildcarded (``/**/detector``)."""
-    path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"cannot read parameter file {str(path)!r}: {err}") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+def load_config(*paths: str | Path) -> dict[str, dict[str, Any]]:
+    """Read ROS 2 params files (later files override earlier ones, as repeated --params-file do) and
+    return the validated parameters of every node of the package. Node keys may be plain (``detector``),
+    absolute (``/detector``) or wildcarded (``/**/detector``); sections of other nodes are ignored."""
     found: dict[str, dict[str, Any]] = {}
-    for key, section in doc.items():
-        node = str(key).rsplit("/", 1)[-1]
-        if node not in NODE_PARAMS:
-            continue  # parameters of other nodes may share the file
-        if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
-            raise ConfigError(f"{path}: {key}: expected a 'ros__parameters' mapping")
-        found[node] = validate_params(node, section["ros__parameters"], f"{path.name}: {key}")
-    return {node: found.get(node, defaults(node)) for node in NODE_PARAMS}
+    for path in map(Path, paths):
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read parameter file {str(path)!r}: {err}") from None
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected a mapping of node names to ros__parameters")
+        for key, section in doc.items():
+            node = str(key).rsplit("/", 1)[-1]
+            if node not in NODE_PARAMS:
+                continue
+            if not isinstance(section, dict) or not isinstance(section.get("ros__parameters"), dict):
+                raise ConfigError(f"{path}: {key}: expected a 'ros__parameters' mapping")
+            merged = {**found.get(node, {}), **section["ros__parameters"]}
+            validate_params(node, merged, f"{path.name}: {key}")
+            found[node] = merged
+    return {node: validate_params(node, found.get(node, {}), node) for node in NODE_PARAMS}
 
 
 def config_dir() -> Path:

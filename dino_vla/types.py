@@ -78,3 +78,76 @@ class LanguageTokens:
     tokens: np.ndarray         # (T, D) float32, special tokens included
     pooled: np.ndarray         # (D,) float32, mean-pooled and L2-normalised
     token_strings: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class CameraIntrinsics:
+    """Pinhole intrinsics of the image the depth is aligned to (sensor_msgs/CameraInfo K, no distortion:
+    aligned depth from RGB-D drivers is already rectified)."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class RigidTransform:
+    """Pose of frame `child` in frame `parent`: p_parent = rotation @ p_child + translation."""
+
+    rotation: np.ndarray       # (3, 3) float64, proper rotation
+    translation: np.ndarray    # (3,) float64, metres
+    parent: str
+    child: str
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """(N, 3) or (3,) points in `child` -> the same points in `parent`."""
+        return np.asarray(points, np.float64) @ self.rotation.T + self.translation
+
+    def rotate(self, vectors: np.ndarray) -> np.ndarray:
+        """Directions (no translation) from `child` to `parent`."""
+        return np.asarray(vectors, np.float64) @ self.rotation.T
+
+    def inverse(self) -> "RigidTransform":
+        r = self.rotation.T
+        return RigidTransform(r, -r @ self.translation, self.child, self.parent)
+
+
+@dataclass(frozen=True)
+class Object3D:
+    """One localised object: its points and an oriented box, all in `frame`."""
+
+    phrase: str
+    score: float               # the 2D detection's score
+    frame: str
+    points: np.ndarray         # (N, 3) float32, outliers removed
+    centroid: np.ndarray       # (3,) float64, centre of the oriented box
+    rotation: np.ndarray       # (3, 3) float64, columns = box axes, column 0 = principal axis
+    extent: np.ndarray         # (3,) float64, box size along each axis, metres
+
+    @property
+    def principal_axis(self) -> np.ndarray:
+        return self.rotation[:, 0]
+
+    def transformed(self, transform: RigidTransform) -> "Object3D":
+        """The same object expressed in transform.parent (self.frame must be transform.child)."""
+        if transform.child != self.frame:
+            raise ValueError(f"transform maps {transform.child!r} -> {transform.parent!r}, "
+                             f"object is in {self.frame!r}")
+        return Object3D(self.phrase, self.score, transform.parent, transform.apply(self.points).astype(np.float32),
+                        transform.apply(self.centroid), transform.rotation @ self.rotation, self.extent.copy())
+
+
+@dataclass(frozen=True)
+class Grasp:
+    """A parallel-gripper grasp: where the tool centre point goes, from where, turned how, opened how far."""
+
+    position: np.ndarray       # (3,) float64 TCP position at the grasp, in `frame`
+    approach: np.ndarray       # (3,) float64 unit vector the gripper travels along to reach position
+    yaw: float                 # radians about `frame`'s z axis; the fingers close along (-sin yaw, cos yaw, 0)
+    width: float               # finger opening before closing, metres
+    score: float               # in [0, 1]
+    phrase: str                # the object it grasps
+    frame: str

@@ -20,6 +20,7 @@ from dino_vla.config import default_config_path
 from dino_vla.dds import loopback_environment, udp_sockets
 from dino_vla.msg import DetectionArray, DinoFeatures, SegmentationMasks
 from dino_vla.ros.conversions import image_to_numpy, numpy_to_image
+from dino_vla.graph import CameraTopics
 from dino_vla.ros.launcher import start_graph
 
 IMAGE_TOPIC = "/test_camera/image"
@@ -98,7 +99,8 @@ class Probe:
 def graph(dds_env, tiny_models, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("graph") / "nodes.log", "w+")
     # one torch thread per node: three model processes on a 2-core machine would otherwise oversubscribe it
-    running = start_graph(default_config_path(), dict(dds_env, OMP_NUM_THREADS="1"), image_topic=IMAGE_TOPIC,
+    running = start_graph([default_config_path()], dict(dds_env, OMP_NUM_THREADS="1"),
+                          camera=CameraTopics(image=IMAGE_TOPIC),
                           instruction="pick up the cup", device="cpu",
                           models={"features": tiny_models.features, "detector": tiny_models.detector,
                                   "segmenter": tiny_models.segmenter},

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dino_vla.dds import DdsProfileError, loopback_environment
-from dino_vla.graph import PERCEPTION_GRAPH, NodeSpec, parameter_overrides, ros_arguments
+from dino_vla.graph import PERCEPTION_GRAPH, CameraTopics, NodeSpec, parameter_overrides, ros_arguments
 
 
 @dataclass
@@ -38,15 +38,15 @@ class RunningGraph:
                 proc.wait()
 
 
-def start_graph(params_file: str | Path, env: dict[str, str], *, image_topic: str, namespace: str = "",
-                instruction: str | None = None, device: str | None = None,
-                models: dict[str, str] | None = None, specs: tuple[NodeSpec, ...] = PERCEPTION_GRAPH,
-                stdout=None, stderr=None) -> RunningGraph:
+def start_graph(params_files: list[str | Path], env: dict[str, str], *, camera: CameraTopics = CameraTopics(),
+                namespace: str = "", instruction: str | None = None, device: str | None = None,
+                models: dict[str, str] | None = None, node_params: dict[str, dict] | None = None,
+                specs: tuple[NodeSpec, ...] = PERCEPTION_GRAPH, stdout=None, stderr=None) -> RunningGraph:
     graph = RunningGraph()
     for spec in specs:
-        overrides = parameter_overrides(spec, instruction, device, models)
+        overrides = parameter_overrides(spec, instruction, device, models, node_params)
         cmd = [sys.executable, "-m", spec.module,
-               *ros_arguments(spec, str(params_file), image_topic, namespace, overrides)]
+               *ros_arguments(spec, [str(p) for p in params_files], camera, namespace, overrides)]
         graph.processes[spec.name] = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=stdout,
                                                       stderr=stderr)
     return graph
@@ -64,7 +64,7 @@ def run_graph(args) -> int:
     params_file = args.config or str(default_config_path())
     choice = _choose(args, _config(args), tuple(spec.name for spec in PERCEPTION_GRAPH))
     models = {name: p["model"] for name, p in choice.params.items()} if choice.random_weights else None
-    graph = start_graph(params_file, env, image_topic=args.image_topic, namespace=args.namespace,
+    graph = start_graph([params_file], env, camera=CameraTopics(image=args.image_topic), namespace=args.namespace,
                         instruction=args.instruction, device=args.device, models=models)
     print(f"dino-vla launch: started {', '.join(graph.processes)} on {args.image_topic} "
           f"(DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}); Ctrl-C stops them", flush=True)

@@ -1,12 +1,19 @@
 """Pipeline dataclasses <-> dino_vla messages. Field meanings are documented in msg/."""
 from __future__ import annotations
 
-import numpy as np
-from std_msgs.msg import Header
+import copy
 
-from dino_vla.msg import Detection, DetectionArray, DinoFeatures, SegmentationMasks
-from dino_vla.ros.conversions import numpy_to_image
-from dino_vla.types import Detections, Features, Masks
+import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
+from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from dino_vla.geometry.transforms import matrix_from_quaternion, quaternion_from_matrix
+from dino_vla.msg import Detection, DetectionArray, DinoFeatures, GraspCommand, SegmentationMasks
+from dino_vla.ros.conversions import ImageConversionError, image_to_numpy, numpy_to_image
+from dino_vla.types import CameraIntrinsics, Detections, Features, Grasp, Masks, Object3D
 
 
 def _detection(header: Header, index: int, box: np.ndarray, phrase: str, score: float) -> Detection:
@@ -29,13 +36,132 @@ def detections_from_msg(msg: DetectionArray, image_size: tuple[int, int]) -> Det
                       tuple(d.class_id for d in msg.detections), image_size)
 
 
-def masks_to_msg(header: Header, detections_msg: DetectionArray, detections: Detections, masks: Masks
-                 ) -> SegmentationMasks:
+def masks_to_msg(header: Header, detections_msg: DetectionArray, detections: Detections, masks: Masks,
+                 source: str) -> SegmentationMasks:
     labels = masks.label_image(detections.scores)
     encoding = "mono8" if labels.dtype == np.uint8 else "16UC1"
     return SegmentationMasks(header=header, labels=numpy_to_image(labels, encoding, header),
                              detections=list(detections_msg.detections),
-                             mask_scores=masks.scores.astype(np.float32).tolist())
+                             mask_scores=masks.scores.astype(np.float32).tolist(), source=source,
+                             instruction=detections_msg.instruction)
+
+
+def masks_from_msg(msg: SegmentationMasks) -> tuple[Detections, Masks]:
+    """The label image back to one boolean mask per detection (pixels lost to a higher-scoring
+    overlapping detection stay with that one, as published)."""
+    labels = image_to_numpy(msg.labels)
+    if labels.ndim != 2:
+        raise ImageConversionError(f"mask label image must have one channel, got {msg.labels.encoding}")
+    detections = detections_from_msg(DetectionArray(detections=msg.detections), labels.shape)
+    n = len(detections)
+    masks = labels[None] == np.arange(1, n + 1, dtype=labels.dtype)[:, None, None]
+    scores = np.asarray(msg.mask_scores, np.float32)
+    if scores.shape != (n,):
+        scores = np.ones(n, np.float32)
+    return detections, Masks(masks, scores)
+
+
+def intrinsics_from_msg(msg: CameraInfo) -> CameraIntrinsics:
+    """K of a CameraInfo; aligned depth from RGB-D drivers is rectified, so distortion is not applied."""
+    fx, _, cx, _, fy, cy = msg.k[:6]
+    if fx <= 0 or fy <= 0 or msg.width == 0 or msg.height == 0:
+        raise ValueError(f"CameraInfo without intrinsics (fx={fx}, fy={fy}, {msg.width}x{msg.height})")
+    return CameraIntrinsics(float(fx), float(fy), float(cx), float(cy), int(msg.width), int(msg.height))
+
+
+def camera_info_msg(header: Header, k: CameraIntrinsics) -> CameraInfo:
+    return CameraInfo(header=header, width=k.width, height=k.height, distortion_model="plumb_bob",
+                      d=[0.0] * 5, k=[k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0],
+                      r=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                      p=[k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def stamp_ns(header: Header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def objects_to_msg(header: Header, objects: list[tuple[Detection, Object3D]], instruction: str = ""
+                   ) -> DetectionArray:
+    """3D detections in header.frame_id: each keeps its 2D box (pixels of the source image) and gains
+    the object's oriented box as pose + size."""
+    out = []
+    for source, obj in objects:
+        d = copy.copy(source)
+        d.header, d.has_pose = header, True
+        d.pose = pose_msg(obj.centroid, obj.rotation)
+        d.size = Vector3(x=float(obj.extent[0]), y=float(obj.extent[1]), z=float(obj.extent[2]))
+        out.append(d)
+    return DetectionArray(header=header, instruction=instruction, detections=out)
+
+
+def pose_msg(position: np.ndarray, rotation: np.ndarray) -> Pose:
+    x, y, z, w = quaternion_from_matrix(rotation)
+    return Pose(position=Point(x=float(position[0]), y=float(position[1]), z=float(position[2])),
+                orientation=Quaternion(x=float(x), y=float(y), z=float(z), w=float(w)))
+
+
+def cloud_to_msg(header: Header, points: np.ndarray) -> PointCloud2:
+    """An unorganised x, y, z float32 cloud."""
+    pts = np.ascontiguousarray(points, np.float32).reshape(-1, 3)
+    fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate("xyz")]
+    return PointCloud2(header=header, height=1, width=len(pts), fields=fields, is_bigendian=False,
+                       point_step=12, row_step=12 * len(pts), data=pts.tobytes(), is_dense=True)
+
+
+def cloud_from_msg(msg: PointCloud2) -> np.ndarray:
+    """x, y, z of a float32 cloud whose first three fields are x, y, z (as cloud_to_msg writes)."""
+    names = [f.name for f in msg.fields[:3]]
+    if names != ["x", "y", "z"] or any(f.datatype != PointField.FLOAT32 for f in msg.fields[:3]):
+        raise ValueError(f"expected float32 x, y, z fields first, got {names}")
+    raw = np.frombuffer(bytes(msg.data), np.uint8).reshape(-1, msg.point_step)
+    return raw[:, :12].copy().view(np.float32).reshape(-1, 3)
+
+
+def markers_msg(header: Header, objects: list[tuple[Detection, Object3D]], lifetime_s: float = 1.0
+                ) -> MarkerArray:
+    """An oriented box and a label per object, for RViz; DELETEALL first so vanished objects disappear."""
+    out = [Marker(header=header, action=Marker.DELETEALL)]
+    life = Duration(sec=int(lifetime_s), nanosec=int((lifetime_s % 1) * 1e9))
+    for i, (source, obj) in enumerate(objects):
+        box = Marker(header=header, ns="objects", id=i, type=Marker.CUBE, action=Marker.ADD,
+                     pose=pose_msg(obj.centroid, obj.rotation), lifetime=life,
+                     scale=Vector3(x=float(obj.extent[0]), y=float(obj.extent[1]), z=float(obj.extent[2])),
+                     color=ColorRGBA(r=0.1, g=0.8, b=0.2, a=0.5))
+        label = Marker(header=header, ns="labels", id=i, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                       pose=pose_msg(obj.centroid + [0, 0, obj.extent.max() / 2 + 0.03], np.eye(3)),
+                       lifetime=life, scale=Vector3(z=0.03), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
+                       text=f"{source.class_id} {source.score:.2f}")
+        out += [box, label]
+    return MarkerArray(markers=out)
+
+
+def grasp_rotation(grasp: Grasp) -> np.ndarray:
+    """Orientation of the tool frame: z along the approach, y along the fingers' closing axis."""
+    z = np.asarray(grasp.approach, np.float64)
+    y = np.array([-np.sin(grasp.yaw), np.cos(grasp.yaw), 0.0])
+    y -= z * (y @ z)
+    y /= np.linalg.norm(y)
+    return np.stack([np.cross(y, z), y, z], axis=1)
+
+
+def grasp_to_msg(header: Header, grasp: Grasp, dry_run: bool) -> GraspCommand:
+    if header.frame_id != grasp.frame:
+        raise ValueError(f"grasp is in {grasp.frame!r}, header says {header.frame_id!r}")
+    a = grasp.approach
+    return GraspCommand(header=header, command=GraspCommand.GRASP,
+                        grasp_pose=pose_msg(grasp.position, grasp_rotation(grasp)),
+                        approach=Vector3(x=float(a[0]), y=float(a[1]), z=float(a[2])),
+                        gripper_width=float(grasp.width), score=float(grasp.score), object_class=grasp.phrase,
+                        dry_run=dry_run)
+
+
+def grasp_from_msg(msg: GraspCommand) -> Grasp:
+    q = msg.grasp_pose.orientation
+    closing = matrix_from_quaternion((q.x, q.y, q.z, q.w))[:, 1]
+    p, a = msg.grasp_pose.position, msg.approach
+    return Grasp(position=np.array([p.x, p.y, p.z]), approach=np.array([a.x, a.y, a.z]),
+                 yaw=float(np.arctan2(-closing[0], closing[1])), width=msg.gripper_width, score=msg.score,
+                 phrase=msg.object_class, frame=msg.header.frame_id)
 
 
 def features_to_msg(header: Header, features: Features) -> DinoFeatures:

@@ -1,5 +1,6 @@
-"""What the three perception nodes share: parameters from the schema, model loading at start-up,
-camera QoS, image conversion with clear rejections, debug images, and a main() with exit codes."""
+"""What the package's nodes share: parameters declared from the one schema and validated on change,
+camera QoS, a main() with exit codes; and for the three perception nodes model loading at start-up,
+image conversion with clear rejections and debug images."""
 from __future__ import annotations
 
 import sys
@@ -11,7 +12,7 @@ import rclpy
 import torch
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -23,7 +24,8 @@ from dino_vla.pipeline import PerceptionPipeline
 from dino_vla.ros.conversions import ImageConversionError, image_to_rgb, numpy_to_image
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
-          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING}
+          float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
+          tuple: ParameterType.PARAMETER_DOUBLE_ARRAY}
 
 
 def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
@@ -41,33 +43,29 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return d
 
 
-class PerceptionNode(Node):
-    """Base of the features, detector and segmenter nodes: one pipeline stage each."""
+def camera_qos(reliability: str) -> QoSProfile:
+    # inference is slower than cameras: keep only the latest frame, never a queue of stale ones
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                      reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
+                      else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
+
+
+class ConfiguredNode(Node):
+    """A node whose parameters are declared from config.NODE_PARAMS[STAGE] (descriptions, ranges,
+    read-only) and validated again on every run-time change."""
 
     STAGE = ""
+    MULTI_THREADED = False
 
     def __init__(self, **kwargs):
         super().__init__(self.STAGE, **kwargs)
         self._specs = {spec.name: spec for spec in NODE_PARAMS[self.STAGE]}
         for spec in self._specs.values():
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            default = list(spec.default) if isinstance(spec.default, tuple) else spec.default
+            self.declare_parameter(spec.name, default, _descriptor(spec))
         self.params = validate_params(self.STAGE, {n: self.get_parameter(n).value for n in self._specs},
                                       f"node {self.get_name()}")
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        if self.params["torch_threads"] > 0:
-            torch.set_num_threads(self.params["torch_threads"])
-        start = time.perf_counter()
-        self.get_logger().info(f"loading {self.STAGE} model {self.params['model']!r} "
-                               f"(device {self.params['device']}, dtype {self.params['dtype']})")
-        self.pipeline = PerceptionPipeline.from_config({self.STAGE: self.params}, stages=(self.STAGE,))
-        self.get_logger().info(f"model loaded in {time.perf_counter() - start:.1f} s")
-        self.camera_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST, depth=1,  # inference is slower than cameras: latest frame wins
-            reliability=ReliabilityPolicy.BEST_EFFORT if self.params["reliability"] == "best_effort"
-            else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-        self.debug_publisher = self.create_publisher(Image, "~/debug_image", 1)
-        self.frames_processed = 0
-        self._last_rejection: dict[str, float] = {}
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         try:
@@ -80,6 +78,24 @@ class PerceptionNode(Node):
 
     def apply_parameters(self, updated: dict[str, Any]) -> None:
         """Subclasses apply run-time changes here (raise ValueError to reject them)."""
+
+
+class PerceptionNode(ConfiguredNode):
+    """Base of the features, detector and segmenter nodes: one pipeline stage each."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.params["torch_threads"] > 0:
+            torch.set_num_threads(self.params["torch_threads"])
+        start = time.perf_counter()
+        self.get_logger().info(f"loading {self.STAGE} model {self.params['model']!r} "
+                               f"(device {self.params['device']}, dtype {self.params['dtype']})")
+        self.pipeline = PerceptionPipeline.from_config({self.STAGE: self.params}, stages=(self.STAGE,))
+        self.get_logger().info(f"model loaded in {time.perf_counter() - start:.1f} s")
+        self.camera_qos = camera_qos(self.params["reliability"])
+        self.debug_publisher = self.create_publisher(Image, "~/debug_image", 1)
+        self.frames_processed = 0
+        self._last_rejection: dict[str, float] = {}
 
     def to_rgb(self, msg: Image) -> np.ndarray | None:
         """The frame as RGB, or None (logged) when the message cannot be used; the node keeps serving."""
@@ -99,7 +115,7 @@ class PerceptionNode(Node):
             self.debug_publisher.publish(numpy_to_image(rgb, "rgb8", header))
 
 
-def run_node(node_cls: type[PerceptionNode], args: list[str] | None = None) -> int:
+def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> int:
     """Exit codes: 0 clean shutdown, 1 model or parameter error, 2 unsafe DDS configuration."""
     try:
         require_profile_if_named()
@@ -110,7 +126,8 @@ def run_node(node_cls: type[PerceptionNode], args: list[str] | None = None) -> i
     node = None
     try:
         node = node_cls()
-        rclpy.spin(node)
+        # a node whose callbacks wait on other callbacks (the pick action) needs more than one thread
+        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=4) if node_cls.MULTI_THREADED else None)
     except (ModelUnavailableError, ConfigError) as err:
         rclpy.logging.get_logger(node_cls.STAGE).fatal(str(err))
         return 1

@@ -45,7 +45,7 @@ class SegmenterNode(PerceptionNode):
             return
         detections = detections_from_msg(msg, rgb.shape[:2])
         masks = self.pipeline.segment(rgb, detections)
-        self.publisher.publish(masks_to_msg(msg.header, msg, detections, masks))
+        self.publisher.publish(masks_to_msg(msg.header, msg, detections, masks, self.params["model"]))
         self.frames_processed += 1
         if self.params["publish_debug_image"]:
             self.publish_debug(msg.header, annotate(rgb, detections, masks))

@@ -1,0 +1,110 @@
+"""What the localiser and pick nodes share: aligned depth, CameraInfo and masks matched by stamp (the
+package's ApproximateTimeSync; message_filters is not installable everywhere) and the camera's pose in
+the target frame (static extrinsic parameter, or tf2 where it is importable and asked for)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from dino_vla.config import ConfigError
+from dino_vla.geometry.transforms import transform_from_pose
+from dino_vla.msg import Detection, SegmentationMasks
+from dino_vla.pick import DepthFrame
+from dino_vla.ros.conversions import ImageConversionError, depth_to_metres
+from dino_vla.ros.messages import intrinsics_from_msg, masks_from_msg, stamp_ns
+from dino_vla.sync import ApproximateTimeSync
+from dino_vla.types import Detections, Masks, RigidTransform
+
+
+@dataclass(frozen=True)
+class MaskedDepth:
+    """One matched set, converted: what localisation needs."""
+
+    header: Header             # the masks' header (stamp + camera frame)
+    instruction: str
+    source: str
+    frame: DepthFrame
+    detections: Detections
+    masks: Masks
+    detection_msgs: list[Detection]   # as received, to be republished with 3D poses
+
+
+class DepthMaskInputs:
+    """Subscribes `depth`, `camera_info` and `masks`; calls on_match(MaskedDepth) for every set whose
+    stamps agree within sync_slop_s. Sets that cannot be converted are logged and skipped."""
+
+    def __init__(self, node: Node, params: dict[str, Any], on_match: Callable[[MaskedDepth], None],
+                 callback_group=None):
+        self.node, self.on_match = node, on_match
+        self.sync = ApproximateTimeSync(("depth", "camera_info", "masks"),
+                                        slop_ns=int(round(params["sync_slop_s"] * 1e9)),
+                                        queue_size=params["sync_queue_size"])
+        # a short history, not depth 1: depth must still be queued when the slower masks arrive
+        camera = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, durability=DurabilityPolicy.VOLATILE,
+                            reliability=ReliabilityPolicy.BEST_EFFORT if params["reliability"] == "best_effort"
+                            else ReliabilityPolicy.RELIABLE)
+        node.create_subscription(Image, "depth", lambda m: self._add("depth", m), camera,
+                                 callback_group=callback_group)
+        node.create_subscription(CameraInfo, "camera_info", lambda m: self._add("camera_info", m), camera,
+                                 callback_group=callback_group)
+        node.create_subscription(SegmentationMasks, "masks", lambda m: self._add("masks", m), 10,
+                                 callback_group=callback_group)
+
+    def _add(self, stream: str, msg) -> None:
+        for stamp, items in self.sync.add(stream, stamp_ns(msg.header), msg):
+            try:
+                matched = self._convert(items["depth"], items["camera_info"], items["masks"])
+            except (ImageConversionError, ValueError) as err:
+                self.node.get_logger().error(f"skipping depth/masks stamped {stamp * 1e-9:.3f}: {err}",
+                                             throttle_duration_sec=5.0)
+                continue
+            self.on_match(matched)
+
+    @staticmethod
+    def _convert(depth: Image, info: CameraInfo, masks_msg: SegmentationMasks) -> MaskedDepth:
+        metres = depth_to_metres(depth)
+        intrinsics = intrinsics_from_msg(info)
+        if metres.shape != (intrinsics.height, intrinsics.width):
+            raise ValueError(f"depth is {metres.shape[1]}x{metres.shape[0]}, CameraInfo says "
+                             f"{intrinsics.width}x{intrinsics.height}: depth must be aligned to the colour image")
+        detections, masks = masks_from_msg(masks_msg)
+        if masks.masks.shape[1:] != metres.shape:
+            raise ValueError(f"masks are {masks.masks.shape[2]}x{masks.masks.shape[1]}, depth is "
+                             f"{metres.shape[1]}x{metres.shape[0]}")
+        return MaskedDepth(masks_msg.header, masks_msg.instruction, masks_msg.source,
+                           DepthFrame(metres, intrinsics, depth.header.frame_id), detections, masks,
+                           list(masks_msg.detections))
+
+
+class CameraExtrinsic:
+    """The camera optical frame's pose in the target frame."""
+
+    def __init__(self, node: Node, params: dict[str, Any]):
+        self.node, self.target = node, params["target_frame"]
+        self.static_pose = params["camera_pose_in_target"]
+        self.tf_buffer = None
+        if params["use_tf"]:
+            try:
+                from tf2_ros import Buffer, TransformListener
+            except ImportError:
+                raise ConfigError("use_tf is true but tf2_ros cannot be imported here; set use_tf false and "
+                                  "give camera_pose_in_target") from None
+            self.tf_buffer = Buffer()
+            self._listener = TransformListener(self.tf_buffer, node)
+
+    def camera_to_target(self, camera_frame: str) -> RigidTransform:
+        if self.tf_buffer is None:
+            return transform_from_pose(self.static_pose, self.target, camera_frame)
+        from rclpy.time import Time
+
+        try:
+            t = self.tf_buffer.lookup_transform(self.target, camera_frame, Time()).transform
+        except Exception as err:  # tf2's Lookup/Connectivity/Extrapolation exceptions share no useful base
+            raise ValueError(f"no transform {camera_frame} -> {self.target} from tf2: {err}") from None
+        q, p = t.rotation, t.translation
+        return transform_from_pose((p.x, p.y, p.z, q.x, q.y, q.z, q.w), self.target, camera_frame)

@@ -1,0 +1,177 @@
+"""pick node: the `pick` action (dino_vla/action/Pick). A goal's instruction goes to the detector (or
+the simulator's ground-truth segmentation) on `instruction`; the first masks + depth newer than the goal
+are localised, a grasp is planned and sent on `grasp_command`, and the executor's `grasp_outcome`
+decides the result. Every wait has a timeout, so stale inputs give a `timeout` result, never a hang."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, TypeVar
+
+from geometry_msgs.msg import PoseStamped
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header, String
+
+from dino_vla.action import Pick
+from dino_vla.instruction import InstructionError, parse_instruction
+from dino_vla.msg import GraspCommand, GraspOutcome
+from dino_vla.pick import PickFailure, PickPlanner, PickSettings
+from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
+from dino_vla.ros.messages import grasp_to_msg, objects_to_msg, stamp_ns
+from dino_vla.ros.node_base import ConfiguredNode, run_node
+
+T = TypeVar("T")
+
+
+class PickCancelled(Exception):
+    pass
+
+
+class _StartupGoal:
+    """The `instruction` parameter's one pick, run through the same code as an action goal."""
+
+    def __init__(self, node: "PickNode", instruction: str):
+        self.node, self.request = node, Pick.Goal(instruction=instruction)
+        self.is_cancel_requested = False
+
+    def publish_feedback(self, feedback: Pick.Feedback) -> None:
+        self.node.get_logger().info(f"start-up pick: {feedback.stage} {feedback.detail}")
+
+    def succeed(self) -> None:
+        pass
+
+    abort = canceled = succeed
+
+
+class PickNode(ConfiguredNode):
+    STAGE = "pick"
+    MULTI_THREADED = True
+
+    def __init__(self):
+        super().__init__()
+        self.planner = PickPlanner(PickSettings.from_params(self.params))
+        self.extrinsic = CameraExtrinsic(self, self.params)
+        self._changed = threading.Condition()
+        self._latest: MaskedDepth | None = None
+        self._outcomes: dict[int, GraspOutcome] = {}
+        self._busy = threading.Lock()
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth, callback_group=inputs)
+        self.create_subscription(GraspOutcome, "grasp_outcome", self.on_outcome, 10, callback_group=inputs)
+        # transient local: a detector that starts later still receives the current instruction
+        self.instruction_publisher = self.create_publisher(String, "instruction", QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        self.command_publisher = self.create_publisher(GraspCommand, "grasp_command", 10)
+        self.grasp_pose_publisher = self.create_publisher(PoseStamped, "grasp_pose", 1)
+        self.server = ActionServer(self, Pick, "pick", execute_callback=self.execute,
+                                   goal_callback=self.on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
+                                   callback_group=ReentrantCallbackGroup())
+        self.get_logger().info(f"pick action ready (dry_run={self.params['dry_run']}, "
+                               f"frame {self.params['target_frame']!r})")
+        if self.params["instruction"]:
+            threading.Thread(target=self.execute, args=(_StartupGoal(self, self.params["instruction"]),),
+                             daemon=True).start()
+
+    def on_masked_depth(self, m: MaskedDepth) -> None:
+        with self._changed:
+            self._latest = m
+            self._changed.notify_all()
+
+    def on_outcome(self, msg: GraspOutcome) -> None:
+        with self._changed:
+            self._outcomes[stamp_ns(msg.header)] = msg
+            self._changed.notify_all()
+
+    def on_goal(self, _goal) -> GoalResponse:
+        # one arm, one pick at a time
+        return GoalResponse.REJECT if self._busy.locked() else GoalResponse.ACCEPT
+
+    def _wait(self, goal_handle, ready: Callable[[], T | None], timeout_s: float) -> T | None:
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while (value := ready()) is None:
+                if goal_handle.is_cancel_requested:
+                    raise PickCancelled()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._changed.wait(min(left, 0.1))
+            return value
+
+    def execute(self, goal_handle) -> Pick.Result:
+        with self._busy:
+            start = time.monotonic()
+            result = Pick.Result()
+            try:
+                self._pick(goal_handle, result)
+                result.success = True
+            except PickFailure as err:
+                result.failure_reason, result.message = err.reason, str(err)
+            except PickCancelled:
+                result.failure_reason, result.message = "cancelled", "cancelled by the caller"
+            result.elapsed_s = time.monotonic() - start
+            log = self.get_logger().info if result.success else self.get_logger().warning
+            log(f"pick {goal_handle.request.instruction!r}: {result.failure_reason or 'success'}: {result.message}")
+            if result.failure_reason == "cancelled":
+                goal_handle.canceled()
+            elif result.success:
+                goal_handle.succeed()
+            else:
+                goal_handle.abort()
+            return result
+
+    def _feedback(self, goal_handle, stage: str, detail: str = "") -> None:
+        goal_handle.publish_feedback(Pick.Feedback(stage=stage, detail=detail))
+
+    def _pick(self, goal_handle, result: Pick.Result) -> None:
+        instruction = goal_handle.request.instruction
+        try:
+            query = parse_instruction(instruction)
+        except InstructionError as err:
+            raise PickFailure("bad_instruction", str(err)) from None
+        result.target_phrase = query.target
+        since = self.get_clock().now().nanoseconds
+        self.instruction_publisher.publish(String(data=instruction))
+        self._feedback(goal_handle, "waiting_for_perception", f"masks of {query.prompt!r} newer than the goal")
+        timeout = self.params["perception_timeout_s"]
+        m = self._wait(goal_handle, lambda: self._latest if self._latest is not None and stamp_ns(
+            self._latest.header) >= since and self._latest.instruction == instruction else None, timeout)
+        if m is None:
+            raise PickFailure("timeout", f"no masks + depth for {instruction!r} within {timeout:g} s: are the "
+                                         "camera, detector and segmenter (or simulator) running?")
+        result.perception_source = m.source
+        self._feedback(goal_handle, "localising", f"{len(m.detections)} detection(s) from {m.source}")
+        try:
+            camera_to_target = self.extrinsic.camera_to_target(m.frame.frame)
+        except ValueError as err:
+            raise PickFailure("wrong_frame", str(err)) from None
+        plan = self.planner.plan(m.frame, m.detections, m.masks, query.target, camera_to_target)
+        self._feedback(goal_handle, "planning", f"{plan.chosen.phrase} at {plan.chosen.centroid.round(3).tolist()}")
+        frame = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params["target_frame"])
+        result.object = objects_to_msg(frame, [(m.detection_msgs[plan.detection_index], plan.chosen)]).detections[0]
+        result.grasp = grasp_to_msg(frame, plan.grasp, self.params["dry_run"])
+        self.grasp_pose_publisher.publish(PoseStamped(header=frame, pose=result.grasp.grasp_pose))
+        self._feedback(goal_handle, "executing", f"width {plan.grasp.width:.3f} m, yaw {plan.grasp.yaw:.2f} rad")
+        self.command_publisher.publish(result.grasp)
+        key, timeout = stamp_ns(frame), self.params["execution_timeout_s"]
+        outcome = self._wait(goal_handle, lambda: self._outcomes.pop(key, None), timeout)
+        if outcome is None:
+            raise PickFailure("timeout", f"no grasp_outcome from the executor within {timeout:g} s")
+        self._feedback(goal_handle, "verifying", outcome.reason)
+        result.lifted_object, result.lifted_m = outcome.lifted_object, outcome.lifted_m
+        if outcome.dry_run:
+            raise PickFailure("dry_run", "dry run: the grasp was planned and sent marked dry_run; nothing moved")
+        if not outcome.success:
+            raise PickFailure("execution_failed", outcome.reason or "the executor reports failure")
+        result.message = (f"lifted {outcome.lifted_object or plan.chosen.phrase} {outcome.lifted_m:.3f} m "
+                          f"({plan.candidates} candidate(s), perception: {m.source})")
+
+
+def main(args=None) -> int:
+    return run_node(PickNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
