@@ -144,6 +144,12 @@ def cmd_sim_pick(args) -> int:
     return run_sim_pick(args)
 
 
+def cmd_bench_pick(args) -> int:
+    from dino_vla.pick_bench import run_pick_benchmark
+
+    return run_pick_benchmark(args)
+
+
 def cmd_bench(args) -> int:
     from dino_vla.bench import run_benchmark
 
@@ -214,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="torch device of the model nodes (auto, cpu, cuda, cuda:N)")
     p.add_argument("--dds-profile", help="Fast DDS profile (default: config/fastdds_loopback.xml)")
     p.set_defaults(func=cmd_sim_pick)
+
+    p = sub.add_parser("bench-pick", help="pick success, wrong-object rate, localisation error and timings "
+                                          "over seeded simulated scenes, beside an oracle grasp")
+    p.add_argument("-n", "--scenes", type=int, default=50, help="seeded scenes per target (default 50)")
+    p.add_argument("--targets", nargs="+", help="catalogue objects to pick (default: cup bottle block ball can)")
+    p.add_argument("--distractors", type=int, default=3, help="other objects per scene (default 3)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--perception", choices=PERCEPTION_CHOICES, default="auto",
+                   help="models, ground-truth, or auto (models when their pretrained weights can be had)")
+    p.add_argument("--config", action="append", help="params file (repeatable; default: config/perception.yaml, "
+                                                     "pick.yaml, sim.yaml)")
+    p.add_argument("--json", help="also write the figures and every episode to this JSON file")
+    p.set_defaults(func=cmd_bench_pick)
     return parser
 
 
