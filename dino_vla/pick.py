@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from dino_vla.config import ConfigError
 from dino_vla.geometry.grasp_planner import GraspPlanner, GraspRefused, GripperSpec, Workspace
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, localise
 from dino_vla.types import CameraIntrinsics, Detections, Grasp, Masks, Object3D, RigidTransform
@@ -15,7 +16,7 @@ from dino_vla.types import CameraIntrinsics, Detections, Grasp, Masks, Object3D,
 # Result codes of a pick (also the Pick action's failure_reason); GraspRefused adds its own reasons.
 FAILURE_REASONS = ("bad_instruction", "timeout", "no_object", "no_points", "too_wide", "outside_workspace",
                    "too_small", "wrong_frame", "too_few_points", "execution_failed", "wrong_object",
-                   "dry_run", "cancelled")
+                   "dry_run", "cancelled", "internal_error")
 
 
 class PickFailure(Exception):
@@ -41,7 +42,15 @@ class PickSettings:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "PickSettings":
-        """From the pick node's validated parameters (config.NODE_PARAMS["pick"])."""
+        """From the pick node's validated parameters (config.NODE_PARAMS["pick"]); parameters that are
+        valid one by one but not together (workspace_min above workspace_max) raise ConfigError."""
+        try:
+            return cls._from_params(params)
+        except ValueError as err:
+            raise ConfigError(f"pick parameters: {err}") from None
+
+    @classmethod
+    def _from_params(cls, params: dict[str, Any]) -> "PickSettings":
         return cls(localiser_settings(params),
                    GripperSpec(max_width_m=params["gripper_max_width_m"],
                                finger_length_m=params["gripper_finger_length_m"],
@@ -100,14 +109,22 @@ class PickPlanner:
         if not candidates:
             seen = ", ".join(sorted(set(detections.phrases))) or "nothing"
             raise PickFailure("no_object", f"no {target_phrase!r} detected (saw: {seen})")
-        located = localise_detections(frame, detections, masks, self.settings.localiser, camera_to_target)
-        usable = [i for i in candidates if isinstance(located[i], Object3D)]
-        if not usable:
+        if len(masks) != len(detections):
+            raise ValueError(f"{len(masks)} masks for {len(detections)} detections")
+        # best first, stopping at the first with usable depth: reference objects are never localised here
+        problems = []
+        for index in candidates:
+            try:
+                chosen = localise(frame.depth, masks.masks[index], frame.intrinsics, frame.frame, target_phrase,
+                                  float(detections.scores[index]), self.settings.localiser).transformed(camera_to_target)
+                break
+            except NoPointsError as err:
+                problems.append(err)
+        else:
             raise PickFailure("no_points", f"{len(candidates)} {target_phrase!r} detection(s), none with "
-                                           f"usable depth: {located[candidates[0]]}")
-        chosen = located[usable[0]]
+                                           f"usable depth: {problems[0]}")
         try:
             grasp = self.grasp_planner.plan(chosen)
         except GraspRefused as err:
             raise PickFailure(err.reason, str(err)) from None
-        return PickPlan(target_phrase, chosen, int(usable[0]), grasp, len(candidates))
+        return PickPlan(target_phrase, chosen, int(index), grasp, len(candidates))

@@ -19,7 +19,7 @@ from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import CAMERA_FRAME, random_scene
 from dino_vla.sim.stand_in import SOURCE, ground_truth_perception
 
-DEFAULT_TARGETS = ("cup", "bottle", "block", "ball", "can")
+DEFAULT_TARGETS = ("cup", "bottle", "box", "block", "ball", "can")
 
 
 @dataclass(frozen=True)

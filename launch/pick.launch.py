@@ -1,44 +1,43 @@
 """ros2 launch dino_vla pick.launch.py instruction:="pick up the cup"
 
-Starts the perception graph described in dino_vla/graph.py (the same description `dino-vla launch`
-uses where ros2 launch does not exist) with parameters from config/perception.yaml.
+Starts the pick graph of dino_vla/graph.py on a real robot's RGB-D camera: detector + segmenter (masks of
+what the instruction names), localiser (3D objects, clouds, RViz markers) and pick (the Pick action). With
+instruction:= the pick node picks it once at start-up; send more goals to the `pick` action. Grasp
+commands go out on `grasp_command` marked dry_run unless pick.dry_run is set false in the params file.
+`dino-vla sim-pick` starts the same description where ros2 launch does not exist.
 DDS: this file uses the site's own DDS settings; it does not impose the loopback profile.
 """
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch_ros.actions import Node
 
-from dino_vla.graph import DEFAULT_IMAGE_TOPIC, PERCEPTION_GRAPH, parameter_overrides, remappings
+from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph
+from dino_vla.launch_support import launch_description, node_actions
 
+CONFIG = os.path.join(get_package_share_directory("dino_vla"), "config")
+CAMERA = CameraTopics()
 ARGUMENTS = {
-    "instruction": ("", "what to pick, e.g. 'pick up the cup' (empty: the config's)"),
-    "config": (os.path.join(get_package_share_directory("dino_vla"), "config", "perception.yaml"),
-               "ROS 2 params file of the perception nodes"),
-    "image_topic": (DEFAULT_IMAGE_TOPIC, "camera image topic (sensor_msgs/Image)"),
+    "instruction": ("", "picked once at start-up, e.g. 'pick up the cup' (empty: wait for goals)"),
+    "perception_config": (os.path.join(CONFIG, "perception.yaml"), "params file of the model nodes"),
+    "pick_config": (os.path.join(CONFIG, "pick.yaml"), "params file of the localiser and pick nodes "
+                                                       "(camera extrinsic, gripper, workspace, dry_run)"),
+    "image_topic": (CAMERA.image, "colour image (sensor_msgs/Image)"),
+    "depth_topic": (CAMERA.depth, "depth aligned to the colour image (16UC1 mm or 32FC1 m)"),
+    "camera_info_topic": (CAMERA.camera_info, "CameraInfo of the colour image"),
     "namespace": ("", "namespace of all nodes"),
     "device": ("", "torch device for every model: auto, cpu, cuda, cuda:N (empty: the config's)"),
-    "features_model": ("", "DINOv2 hub id or local directory (empty: the config's)"),
     "detector_model": ("", "Grounding DINO hub id or local directory (empty: the config's)"),
     "segmenter_model": ("", "SAM hub id or local directory (empty: the config's)"),
 }
 
 
-def _nodes(context):
-    value = {name: context.launch_configurations[name] for name in ARGUMENTS}
-    models = {spec.name: value[f"{spec.name}_model"] for spec in PERCEPTION_GRAPH}
-    return [Node(package="dino_vla", executable=spec.executable, name=spec.name,
-                 namespace=value["namespace"], output="screen", emulate_tty=True,
-                 parameters=[value["config"],
-                             parameter_overrides(spec, value["instruction"], value["device"], models)],
-                 remappings=remappings(value["image_topic"]))
-            for spec in PERCEPTION_GRAPH]
+def _nodes(value):
+    camera = CameraTopics(value["image_topic"], value["depth_topic"], value["camera_info_topic"])
+    models = {"detector": value["detector_model"], "segmenter": value["segmenter_model"]}
+    return node_actions(pick_graph(simulated=False, model_perception=True), value["namespace"],
+                        [value["perception_config"], value["pick_config"]],
+                        lambda spec: parameter_overrides(spec, value["instruction"], value["device"], models), camera)
 
 
 def generate_launch_description():
-    return LaunchDescription(
-        [DeclareLaunchArgument(name, default_value=default, description=text)
-         for name, (default, text) in ARGUMENTS.items()]
-        + [OpaqueFunction(function=_nodes)])
+    return launch_description(ARGUMENTS, _nodes)

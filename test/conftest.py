@@ -14,3 +14,23 @@ def tiny_models(tmp_path_factory):
     from dino_vla.models.random_init import build_random_models
 
     return build_random_models("tiny", tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="module")
+def dds_env():
+    """The loopback DDS profile on a random domain, for this test process (a participant too) and the
+    node processes it starts."""
+    import random
+
+    import rclpy
+
+    from dino_vla.dds import loopback_environment
+
+    env = loopback_environment(domain_id=random.randint(1, 100))
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    rclpy.init()
+    yield env
+    rclpy.shutdown()
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)

@@ -3,7 +3,6 @@ graph description as `dino-vla launch` and launch/pick.launch.py."""
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from skimage import data
 from std_msgs.msg import Header, String
 
 from dino_vla.config import default_config_path
-from dino_vla.dds import loopback_environment, udp_sockets
+from dino_vla.dds import udp_sockets
 from dino_vla.msg import DetectionArray, DinoFeatures, SegmentationMasks
 from dino_vla.ros.conversions import image_to_numpy, numpy_to_image
 from dino_vla.graph import CameraTopics
@@ -25,18 +24,6 @@ from dino_vla.ros.launcher import start_graph
 
 IMAGE_TOPIC = "/test_camera/image"
 COFFEE = data.coffee()
-
-
-@pytest.fixture(scope="module")
-def dds_env():
-    env = loopback_environment(domain_id=random.randint(1, 100))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # this test process is a DDS participant too
-    rclpy.init()
-    yield env
-    rclpy.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 class Probe:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from typing import Callable, TypeVar
 
 from geometry_msgs.msg import PoseStamped
@@ -111,9 +112,15 @@ class PickNode(ConfiguredNode):
                 result.failure_reason, result.message = err.reason, str(err)
             except PickCancelled:
                 result.failure_reason, result.message = "cancelled", "cancelled by the caller"
+            except Exception as err:  # a bug must still end the goal with a result that says so
+                self.get_logger().error(traceback.format_exc())
+                result.failure_reason, result.message = "internal_error", f"{type(err).__name__}: {err}"
             result.elapsed_s = time.monotonic() - start
-            log = self.get_logger().info if result.success else self.get_logger().warning
-            log(f"pick {goal_handle.request.instruction!r}: {result.failure_reason or 'success'}: {result.message}")
+            summary = f"pick {goal_handle.request.instruction!r}: {result.failure_reason or 'success'}: {result.message}"
+            if result.success:  # rclpy refuses two severities from one logging call site
+                self.get_logger().info(summary)
+            else:
+                self.get_logger().warning(summary)
             if result.failure_reason == "cancelled":
                 goal_handle.canceled()
             elif result.success:
@@ -164,7 +171,8 @@ class PickNode(ConfiguredNode):
         if outcome.dry_run:
             raise PickFailure("dry_run", "dry run: the grasp was planned and sent marked dry_run; nothing moved")
         if not outcome.success:
-            raise PickFailure("execution_failed", outcome.reason or "the executor reports failure")
+            raise PickFailure("wrong_object" if outcome.lifted_object else "execution_failed",
+                              outcome.reason or "the executor reports failure")
         result.message = (f"lifted {outcome.lifted_object or plan.chosen.phrase} {outcome.lifted_m:.3f} m "
                           f"({plan.candidates} candidate(s), perception: {m.source})")
 

@@ -97,8 +97,10 @@ class SimNode(ConfiguredNode):
             outcome.reason = f"grasp in {msg.header.frame_id!r}; the simulator takes {self.params['base_frame']!r}"
         else:
             result = self.sim.execute(grasp_from_msg(msg), lift_m=self.params["lift_m"])
-            outcome.success, outcome.reason = result.success, result.reason
+            outcome.success, outcome.reason = result.success and result.matches_phrase, result.reason
             outcome.lifted_object = result.lifted_object or ""
+            if result.success and not result.matches_phrase:
+                outcome.reason = f"lifted the {result.lifted_object}, which is not a {msg.object_class}"
             outcome.lifted_m = float(max(result.lifted_m.values(), default=0.0) if not result.lifted_object
                                      else result.lifted_m[result.lifted_object])
             self.get_logger().info(f"grasp at {np.round(grasp_from_msg(msg).position, 3).tolist()}: "

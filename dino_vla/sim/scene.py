@@ -1,0 +1,383 @@
+"""Table-top scenes for grasp evaluation: an object catalogue, seeded random layouts, and the MuJoCo model.
+
+Everything here is plain data and text: no simulator is imported, so layouts can be drawn and checked
+(and the Gazebo world kept in step with them) without MuJoCo.
+
+Conventions shared with `mujoco_sim` and `worlds/tabletop.sdf`:
+  * "base_link" is the world frame: z up, the table top at z = TABLE_HEIGHT, the table centred on the origin.
+  * An object's origin is the centre of its main part (parts[0], the body the gripper holds); its yaw turns it
+    about z. Closing the fingers along the object's own y axis (grasp yaw = object yaw) never meets the mug's
+    handle or the block's long side.
+  * The camera sits at CAMERA_POSITION looking at CAMERA_TARGET with a vertical field of view of
+    CAMERA_FOVY_DEG, roughly a RealSense D435 on a stand in front of the table.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+BASE_FRAME = "base_link"
+CAMERA_FRAME = "camera_color_optical_frame"
+TABLE_HEIGHT = 0.40                      # z of the table top, metres
+TABLE_SIZE = (0.80, 0.60)                # x, y extent of the table top
+CAMERA_POSITION = (0.55, 0.0, 0.95)
+CAMERA_TARGET = (0.0, 0.0, TABLE_HEIGHT)
+CAMERA_FOVY_DEG = 58.0
+CAMERA_NAME = "rgbd"
+# Objects are placed with their origin inside this part of the table: the camera sees all of it from
+# 0.6-1.0 m, and it is well inside the table so a knocked object stays on it.
+PLACEMENT_X = (-0.20, 0.20)
+PLACEMENT_Y = (-0.22, 0.22)
+# Free space between the footprints (circles) of neighbouring objects: a finger (1.2 cm thick) opened up to
+# 3 cm past an object's side still misses its neighbour.
+MIN_CLEARANCE = 0.045
+
+# The gripper: TCP = middle of the finger pads. Its fingers reach FINGER_BELOW_TCP under the TCP and the
+# palm starts FINGER_ABOVE_TCP over it, so objects up to that tall fit between the fingers.
+GRIPPER_MAX_OPENING = 0.12
+FINGER_BELOW_TCP = 0.02
+FINGER_ABOVE_TCP = 0.13
+FINGER_THICKNESS = 0.012
+PAD_WIDTH = 0.04                         # along the gripper x axis, across the closing direction
+GRIP_FORCE = 10.0                        # N each finger squeezes with
+# Parked behind and above the camera, where no render can see it.
+GRIPPER_HOME = (0.80, 0.0, 1.15)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One primitive of an object (collision and visual), in the object's frame."""
+
+    shape: str                       # "box", "cylinder" or "sphere"
+    size: tuple[float, ...]          # MuJoCo half-sizes: box (hx, hy, hz), cylinder (radius, half-height), sphere (r,)
+    pos: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def volume(self) -> float:
+        if self.shape == "box":
+            return 8 * self.size[0] * self.size[1] * self.size[2]
+        if self.shape == "cylinder":
+            return math.pi * self.size[0] ** 2 * 2 * self.size[1]
+        return 4 / 3 * math.pi * self.size[0] ** 3
+
+    @property
+    def half_height(self) -> float:
+        return self.size[2] if self.shape == "box" else self.size[1] if self.shape == "cylinder" else self.size[0]
+
+    @property
+    def xy_reach(self) -> float:
+        """Farthest distance of the part from the object's z axis."""
+        x, y = self.pos[0], self.pos[1]
+        if self.shape == "box":
+            return math.hypot(abs(x) + self.size[0], abs(y) + self.size[1])
+        return math.hypot(x, y) + self.size[0]
+
+
+@dataclass(frozen=True)
+class CatalogueObject:
+    """An object type: what people call it, its colour, its shape."""
+
+    name: str
+    synonyms: tuple[str, ...]        # nouns it answers to, name included
+    colour: str
+    rgba: tuple[float, float, float, float]
+    parts: tuple[Part, ...]          # parts[0] is the body a grasp holds; the origin is its centre
+    mass: float                      # kg
+    seg_id: int                      # its label in rendered segmentation images (0 = not an object)
+
+    @property
+    def base_height(self) -> float:
+        """Height of the origin above the surface it stands on."""
+        return max(p.half_height - p.pos[2] for p in self.parts)
+
+    @property
+    def height(self) -> float:
+        return self.base_height + max(p.pos[2] + p.half_height for p in self.parts)
+
+    @property
+    def footprint_radius(self) -> float:
+        return max(p.xy_reach for p in self.parts)
+
+    @property
+    def grasp_width(self) -> float:
+        """Width of the main part across the object's y axis: what the fingers close on at grasp yaw = yaw."""
+        body = self.parts[0]
+        return 2 * (body.size[1] if body.shape == "box" else body.size[0])
+
+    def matches(self, phrase: str) -> bool:
+        """Whether a phrase such as "cup", "the red mugs" or "blue box" names this object: one of its nouns
+        (singular or plural) must appear, and any colour word must be its colour."""
+        words = _WORD.findall(phrase.lower())
+        colours = {w for w in words if w in COLOUR_WORDS}
+        if colours and self.colour not in colours:
+            return False
+        return any(_singular(w) & set(self.synonyms) for w in words)
+
+
+def _singular(word: str) -> set[str]:
+    forms = {word}
+    if word.endswith("s"):
+        forms.add(word[:-1])
+    if word.endswith("es"):
+        forms.add(word[:-2])
+    return forms
+
+
+_WORD = re.compile(r"[a-z]+")
+COLOUR_WORDS = frozenset(
+    "red blue green yellow white purple violet orange black pink brown grey gray cyan magenta".split())
+
+_CUP_R, _CUP_HH = 0.035, 0.05
+CATALOGUE: tuple[CatalogueObject, ...] = (
+    CatalogueObject(
+        "cup", ("cup", "mug"), "red", (0.85, 0.10, 0.10, 1.0),
+        (Part("cylinder", (_CUP_R, _CUP_HH)),
+         # handle: two arms out of the wall and a grip joining them, along the cup's +x
+         Part("box", (0.012, 0.006, 0.005), (_CUP_R + 0.010, 0.0, 0.030)),
+         Part("box", (0.012, 0.006, 0.005), (_CUP_R + 0.010, 0.0, -0.030)),
+         Part("box", (0.005, 0.006, 0.035), (_CUP_R + 0.018, 0.0, 0.0))),
+        mass=0.15, seg_id=1),
+    CatalogueObject("box", ("box", "cube", "carton"), "blue", (0.10, 0.30, 0.90, 1.0),
+                    (Part("box", (0.03, 0.03, 0.025)),), mass=0.10, seg_id=2),
+    CatalogueObject("ball", ("ball", "sphere"), "green", (0.10, 0.75, 0.20, 1.0),
+                    (Part("sphere", (0.032,)),), mass=0.06, seg_id=3),
+    CatalogueObject(
+        "bottle", ("bottle", "flask"), "white", (0.92, 0.92, 0.90, 1.0),
+        (Part("cylinder", (0.030, 0.070)), Part("cylinder", (0.013, 0.025), (0.0, 0.0, 0.095))),
+        mass=0.25, seg_id=4),
+    CatalogueObject("can", ("can", "tin"), "yellow", (0.95, 0.80, 0.10, 1.0),
+                    (Part("cylinder", (0.033, 0.060)),), mass=0.18, seg_id=5),
+    CatalogueObject("block", ("block", "brick", "bar"), "purple", (0.55, 0.20, 0.75, 1.0),
+                    (Part("box", (0.05, 0.02, 0.0225)),), mass=0.08, seg_id=6),
+)
+CATALOGUE_BY_NAME = {o.name: o for o in CATALOGUE}
+SEGMENTATION_IDS = {o.name: o.seg_id for o in CATALOGUE}
+
+
+def catalogue_object(name: str) -> CatalogueObject:
+    try:
+        return CATALOGUE_BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown object {name!r}; the catalogue has {sorted(CATALOGUE_BY_NAME)}") from None
+
+
+@dataclass(frozen=True)
+class PlacedObject:
+    """A catalogue object standing upright on the table at (x, y) in base_link, turned by yaw (radians)."""
+
+    name: str
+    x: float
+    y: float
+    yaw: float
+
+    @property
+    def kind(self) -> CatalogueObject:
+        return catalogue_object(self.name)
+
+    @property
+    def position(self) -> np.ndarray:
+        """Its origin in base_link when resting on the table."""
+        return np.array([self.x, self.y, TABLE_HEIGHT + self.kind.base_height])
+
+
+@dataclass(frozen=True)
+class SceneSpec:
+    """The objects on the table (each catalogue object at most once) and which one a task is about."""
+
+    objects: tuple[PlacedObject, ...]
+    target: str | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        names = [o.name for o in self.objects]
+        for name in names:
+            catalogue_object(name)
+        if len(set(names)) != len(names):
+            raise ValueError(f"each catalogue object may appear once, got {names}")
+        if self.target is not None and self.target not in names:
+            raise ValueError(f"target {self.target!r} is not among the objects {names}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.objects)
+
+    def get(self, name: str) -> PlacedObject:
+        for o in self.objects:
+            if o.name == name:
+                return o
+        raise KeyError(f"{name!r} is not in the scene {self.names}")
+
+
+def overlapping_pairs(spec: SceneSpec, clearance: float = MIN_CLEARANCE) -> list[tuple[str, str]]:
+    """Pairs of objects whose footprints (circles) are closer than `clearance`."""
+    pairs = []
+    for i, a in enumerate(spec.objects):
+        for b in spec.objects[i + 1:]:
+            gap = math.hypot(a.x - b.x, a.y - b.y) - a.kind.footprint_radius - b.kind.footprint_radius
+            if gap < clearance:
+                pairs.append((a.name, b.name))
+    return pairs
+
+
+def random_scene(seed: int, target: str | None = None, n_distractors: int = 2) -> SceneSpec:
+    """A layout drawn from `seed` alone: the target (random when None) and n_distractors other catalogue
+    objects, each uniformly inside the placement region with a uniform yaw, MIN_CLEARANCE apart."""
+    if not 0 <= n_distractors < len(CATALOGUE):
+        raise ValueError(f"n_distractors must be in [0, {len(CATALOGUE) - 1}], got {n_distractors}")
+    rng = np.random.default_rng(seed)
+    names = [o.name for o in CATALOGUE]
+    if target is None:
+        target = names[int(rng.integers(len(names)))]
+    catalogue_object(target)
+    others = [n for n in names if n != target]
+    chosen = [target] + [others[i] for i in rng.permutation(len(others))[:n_distractors]]
+    # Rejection sampling, restarting the whole layout when one object finds no room: deterministic because
+    # every draw comes from the same generator.
+    for _ in range(1000):
+        placed: list[PlacedObject] = []
+        for name in chosen:
+            for _ in range(100):
+                candidate = PlacedObject(name, float(rng.uniform(*PLACEMENT_X)), float(rng.uniform(*PLACEMENT_Y)),
+                                         float(rng.uniform(-math.pi, math.pi)))
+                if not overlapping_pairs(SceneSpec(tuple(placed) + (candidate,))):
+                    placed.append(candidate)
+                    break
+            else:
+                break
+        if len(placed) == len(chosen):
+            return SceneSpec(tuple(placed), target, seed)
+    raise RuntimeError(f"no layout found for {chosen} (seed {seed})")
+
+
+def default_scene() -> SceneSpec:
+    """The fixed layout of worlds/tabletop.sdf: cup in the middle, box, ball and bottle around it."""
+    return SceneSpec((PlacedObject("cup", 0.0, 0.0, math.pi / 2),
+                      PlacedObject("box", 0.12, 0.15, 0.3),
+                      PlacedObject("ball", -0.12, -0.14, 0.0),
+                      PlacedObject("bottle", -0.14, 0.13, 0.0)), target="cup")
+
+
+def look_at(position, target) -> np.ndarray:
+    """Rotation (columns x right, y down, z forward: the optical frame) of a camera at position looking at
+    target with no roll, z up."""
+    forward = np.asarray(target, float) - np.asarray(position, float)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    return np.column_stack([right, down, forward])
+
+
+def _vec(values) -> str:
+    return " ".join(f"{v:.6g}" for v in values)
+
+
+def _object_mjcf(placed: PlacedObject) -> str:
+    kind = placed.kind
+    density = kind.mass / sum(p.volume for p in kind.parts)
+    pos = placed.position + [0.0, 0.0, 0.0005]   # a hair above the table: no initial penetration
+    geoms = "\n".join(
+        f'      <geom name="{kind.name}_{i}" type="{p.shape}" size="{_vec(p.size)}" pos="{_vec(p.pos)}" '
+        f'density="{density:.6g}" rgba="{_vec(kind.rgba)}"/>'
+        for i, p in enumerate(kind.parts))
+    return (f'    <body name="{kind.name}" pos="{_vec(pos)}" euler="0 0 {placed.yaw:.6g}">\n'
+            f'      <freejoint name="{kind.name}"/>\n{geoms}\n    </body>')
+
+
+def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
+    """The MuJoCo model of a scene: floor, table, the objects, the RGB-D camera and a free-floating parallel
+    gripper dragged by a mocap body (a stand-in for an arm with Cartesian control)."""
+    cam = look_at(CAMERA_POSITION, CAMERA_TARGET)
+    # MuJoCo cameras look along -z with y up: xyaxes are the optical x and -y.
+    xyaxes = _vec(np.concatenate([cam[:, 0], -cam[:, 1]]))
+    leg_h = (TABLE_HEIGHT - 0.04) / 2
+    tx, ty = TABLE_SIZE[0] / 2, TABLE_SIZE[1] / 2
+    legs = "\n".join(
+        f'      <geom type="box" pos="{sx * (tx - 0.04)} {sy * (ty - 0.04)} {leg_h}" size="0.02 0.02 {leg_h}" '
+        f'material="wood"/>' for sx in (-1, 1) for sy in (-1, 1))
+    objects = "\n".join(_object_mjcf(o) for o in spec.objects)
+    finger_half = (FINGER_ABOVE_TCP + FINGER_BELOW_TCP) / 2
+    finger_z = (FINGER_ABOVE_TCP - FINGER_BELOW_TCP) / 2
+    half_open = GRIPPER_MAX_OPENING / 2
+    t = FINGER_THICKNESS / 2
+    return f"""<mujoco model="dino_vla_tabletop">
+  <compiler angle="radian" autolimits="true"/>
+  <option timestep="0.002" cone="elliptic" impratio="10" integrator="implicitfast"/>
+  <!-- extent 1 makes the znear/zfar below metres -->
+  <statistic extent="1" center="0 0 {TABLE_HEIGHT}"/>
+  <visual>
+    <global offwidth="{width}" offheight="{height}"/>
+    <map znear="0.05" zfar="10"/>
+    <quality shadowsize="0"/>
+    <headlight ambient="0.35 0.35 0.35" diffuse="0.35 0.35 0.35" specular="0.05 0.05 0.05"/>
+  </visual>
+  <asset>
+    <texture name="floor" type="2d" builtin="checker" rgb1="0.45 0.45 0.47" rgb2="0.35 0.35 0.37"
+             width="256" height="256"/>
+    <material name="floor" texture="floor" texrepeat="8 8"/>
+    <material name="wood" rgba="0.60 0.45 0.30 1"/>
+    <material name="metal" rgba="0.25 0.25 0.28 1"/>
+    <material name="pad" rgba="0.15 0.15 0.15 1"/>
+  </asset>
+  <default>
+    <!-- plastic on wood: a nudged object slides rather than tips; the pads' rubber (1.5) wins where they touch -->
+    <geom friction="0.5 0.005 0.0001"/>
+  </default>
+  <worldbody>
+    <light pos="0.3 0.3 2.0" dir="-0.15 -0.15 -1" diffuse="0.5 0.5 0.5" castshadow="false"/>
+    <light pos="-0.5 -0.4 1.6" dir="0.3 0.25 -1" diffuse="0.25 0.25 0.25" castshadow="false"/>
+    <geom name="floor" type="plane" size="3 3 0.05" material="floor"/>
+    <body name="table">
+      <geom name="table_top" type="box" pos="0 0 {TABLE_HEIGHT - 0.02}" size="{tx} {ty} 0.02" material="wood"/>
+{legs}
+    </body>
+{objects}
+    <camera name="{CAMERA_NAME}" pos="{_vec(CAMERA_POSITION)}" xyaxes="{xyaxes}" fovy="{CAMERA_FOVY_DEG}"/>
+    <body name="gripper_target" mocap="true" pos="{_vec(GRIPPER_HOME)}"/>
+    <!-- origin = TCP, the middle of the finger pads; fingers close along the gripper's y axis -->
+    <body name="gripper" pos="{_vec(GRIPPER_HOME)}" gravcomp="1">
+      <freejoint name="gripper"/>
+      <geom name="palm" type="box" pos="0 0 {FINGER_ABOVE_TCP + 0.015}" size="0.02 {half_open + 2 * t + 0.005} 0.015"
+            mass="0.4" material="metal"/>
+      <geom name="wrist" type="cylinder" pos="0 0 {FINGER_ABOVE_TCP + 0.07}" size="0.03 0.04" mass="0.3"
+            material="metal"/>
+      <body name="finger_left" gravcomp="1">
+        <joint name="finger_left" type="slide" axis="0 1 0" range="0 {half_open}" damping="5" solreflimit="0.004 1"/>
+        <geom name="finger_left" type="box" pos="0 {t} {finger_z}" size="{PAD_WIDTH / 2} {t} {finger_half}" mass="0.04"
+              friction="1.5 0.02 0.001" condim="4" solref="0.004 1" solimp="0.95 0.99 0.001"
+              material="pad"/>
+      </body>
+      <body name="finger_right" gravcomp="1">
+        <joint name="finger_right" type="slide" axis="0 -1 0" range="0 {half_open}" damping="5" solreflimit="0.004 1"/>
+        <geom name="finger_right" type="box" pos="0 {-t} {finger_z}" size="{PAD_WIDTH / 2} {t} {finger_half}" mass="0.04"
+              friction="1.5 0.02 0.001" condim="4" solref="0.004 1" solimp="0.95 0.99 0.001"
+              material="pad"/>
+      </body>
+    </body>
+  </worldbody>
+  <tendon>
+    <!-- length = distance between the pads -->
+    <fixed name="opening">
+      <joint joint="finger_left" coef="1"/>
+      <joint joint="finger_right" coef="1"/>
+    </fixed>
+  </tendon>
+  <equality>
+    <weld body1="gripper_target" body2="gripper" solref="0.01 1"/>
+    <!-- the fingers move together, as in a linkage-coupled gripper -->
+    <joint joint1="finger_right" joint2="finger_left" solref="0.004 1" solimp="0.95 0.99 0.001"/>
+  </equality>
+  <contact>
+    <exclude body1="gripper" body2="finger_left"/>
+    <exclude body1="gripper" body2="finger_right"/>
+    <exclude body1="finger_left" body2="finger_right"/>
+  </contact>
+  <actuator>
+    <!-- commands the opening; asking below 0 squeezes each finger with at most the force limit -->
+    <position name="fingers" tendon="opening" kp="1000" ctrlrange="-0.01 {GRIPPER_MAX_OPENING}" forcerange="-{GRIP_FORCE} {GRIP_FORCE}"/>
+  </actuator>
+</mujoco>
+"""

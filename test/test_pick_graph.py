@@ -1,0 +1,131 @@
+"""The simulated pick over real DDS: sim, localiser and pick nodes as separate processes, started from the
+same graph description as `dino-vla sim-pick`, driven through the Pick action by the product's own client."""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from sensor_msgs.msg import PointCloud2
+from visualization_msgs.msg import MarkerArray
+
+from dino_vla.config import config_dir
+from dino_vla.dds import udp_sockets
+from dino_vla.graph import PICK, pick_graph
+from dino_vla.msg import DetectionArray
+from dino_vla.ros.launcher import start_graph
+from dino_vla.ros.messages import cloud_from_msg, stamp_ns
+from dino_vla.ros.pick_client import PickClient
+from dino_vla.sim.stand_in import SOURCE
+
+CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "sim.yaml")]
+SEED = 3
+
+
+@pytest.fixture(scope="module")
+def graph(dds_env, tmp_path_factory):
+    log = open(tmp_path_factory.mktemp("pick-graph") / "nodes.log", "w+")
+    # MuJoCo writes MUJOCO_LOG.TXT into the working directory on warnings
+    running = start_graph(CONFIG, dict(dds_env, MUJOCO_GL="egl"), specs=pick_graph(simulated=True, model_perception=False),
+                          node_params={"sim": {"seed": SEED}}, stdout=log, stderr=subprocess.STDOUT)
+    client = PickClient()
+    outputs = {"objects": [], "truth": [], "clouds": [], "markers": []}
+    for topic, kind, key in (("/objects", DetectionArray, "objects"), ("/sim/objects", DetectionArray, "truth"),
+                             ("/object_cloud", PointCloud2, "clouds"), ("/markers", MarkerArray, "markers")):
+        client.node.create_subscription(kind, topic, outputs[key].append, 20)
+    if not client.spin_until(client.client.server_is_ready, 90, running):
+        running.stop()
+        log.seek(0)
+        pytest.fail(f"pick graph did not come up:\n{log.read()[-3000:]}")
+    yield running, client, outputs, log
+    client.close()
+    running.stop()
+    log.close()
+
+
+def _set_parameter(client: PickClient, node: str, name: str, value: bool) -> None:
+    service = client.node.create_client(SetParameters, f"/{node}/set_parameters")
+    assert client.spin_until(service.service_is_ready, 10)
+    future = service.call_async(SetParameters.Request(parameters=[Parameter(
+        name=name, value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value))]))
+    assert client.spin_until(future.done, 10) and future.result().results[0].successful
+
+
+def test_an_unparsable_instruction_fails_at_once(graph):
+    _, client, _, _ = graph
+    record = client.pick("dance the macarena", 30)
+    assert not record.result.success and record.result.failure_reason == "bad_instruction"
+    assert "dance the macarena" in record.result.message
+    assert record.result.elapsed_s < 2.0
+
+
+def test_dry_run_plans_and_sends_but_nothing_moves(graph):
+    _, client, outputs, _ = graph
+    _set_parameter(client, "pick", "dry_run", True)
+    try:
+        record = client.pick("pick up the cup", 60)
+    finally:
+        _set_parameter(client, "pick", "dry_run", False)
+    r = record.result
+    assert not r.success and r.failure_reason == "dry_run", r.message
+    assert r.grasp.dry_run and r.grasp.header.frame_id == "base_link" and r.lifted_object == ""
+    cup_z = [d.pose.position.z for d in outputs["truth"][-1].detections if d.class_id == "cup"]
+    assert cup_z and cup_z[0] < 0.5, "the cup must still stand on the table"
+
+
+def test_the_cup_is_picked_over_dds(graph):
+    _, client, outputs, _ = graph
+    truth = {d.class_id: d.pose.position for d in outputs["truth"][-1].detections}
+    record = client.pick("pick up the cup", 60)
+    r = record.result
+    assert r.success, f"{r.failure_reason}: {r.message}"
+    assert (r.target_phrase, r.object.class_id, r.lifted_object) == ("cup", "cup", "cup")
+    assert r.perception_source == SOURCE and r.lifted_m > 0.12
+    assert [s for _, s, _ in record.stages] == ["waiting_for_perception", "localising", "planning",
+                                                "executing", "verifying"]
+    grasp = r.grasp.grasp_pose.position
+    assert r.grasp.header.frame_id == "base_link" and not r.grasp.dry_run
+    assert np.hypot(grasp.x - truth["cup"].x, grasp.y - truth["cup"].y) < 0.015
+    assert record.perceived is not None and record.after is not None
+
+
+def test_localiser_publishes_3d_objects_clouds_and_markers(graph):
+    _, client, outputs, _ = graph
+    assert client.spin_until(lambda: outputs["objects"] and outputs["clouds"] and outputs["markers"], 20)
+    objects = outputs["objects"][-1]
+    assert objects.header.frame_id == "base_link" and objects.instruction == "pick up the cup"
+    assert objects.detections and all(d.has_pose and d.class_id == "cup" for d in objects.detections)
+    assert any(stamp_ns(c.header) == stamp_ns(objects.header) for c in outputs["clouds"])
+    points = cloud_from_msg(outputs["clouds"][-1])
+    assert len(points) > 30 and np.all(np.isfinite(points))
+    assert outputs["markers"][-1].markers[0].action == 3  # DELETEALL first
+
+
+def test_a_pick_without_perception_times_out(graph, dds_env, tmp_path):
+    """A pick node whose masks never come (nothing publishes /lonely/masks) answers `timeout`."""
+    log = open(tmp_path / "lonely.log", "w+")
+    lonely = start_graph(CONFIG, dds_env, specs=(PICK,), namespace="lonely",
+                         node_params={"pick": {"perception_timeout_s": 1.5}}, stdout=log, stderr=subprocess.STDOUT)
+    client = PickClient()
+    try:
+        from rclpy.action import ActionClient
+
+        from dino_vla.action import Pick
+
+        client.client = ActionClient(client.node, Pick, "/lonely/pick")
+        record = client.pick("pick up the cup", 30, lonely)
+    finally:
+        client.close()
+        lonely.stop()
+    assert record.result.failure_reason == "timeout" and "1.5 s" in record.result.message
+    assert 1.4 < record.result.elapsed_s < 5.0
+
+
+def test_dds_sockets_stay_on_loopback(graph):
+    running, _, _, _ = graph
+    for pid in [os.getpid()] + [p.pid for p in running.processes.values()]:
+        sockets = udp_sockets(pid)
+        assert sockets and all(addr in ("127.0.0.1", "::1") for addr, _ in sockets), f"pid {pid}: {sockets}"
