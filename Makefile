@@ -12,8 +12,8 @@ INSTRUCTION ?= pick up the cup
 .PHONY: setup run test bench clean
 
 # System packages: open3d needs Debian's libusb-1.0-0 at import time; MuJoCo renders offscreen with EGL
-# (libegl1, libgl1); the Gazebo world is schema-checked with sdformat's `ign sdf -k`.
-SYSTEM_PACKAGES := libusb-1.0-0 libegl1 libgl1 libsdformat12-12 sdformat-sdf ignition-tools
+# (libegl1, libgl1); the Gazebo world is schema-checked with `ign sdf -k` (its sdf command ships in libsdformat-dev).
+SYSTEM_PACKAGES := libusb-1.0-0 libegl1 libgl1 libsdformat12-12 sdformat-sdf libsdformat-dev ignition-tools
 $(VENV)/.system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \

@@ -35,8 +35,9 @@ PLACEMENT_Y = (-0.22, 0.22)
 # 3 cm past an object's side still misses its neighbour.
 MIN_CLEARANCE = 0.045
 
-# The gripper: TCP = middle of the finger pads. Its fingers reach FINGER_BELOW_TCP under the TCP and the
-# palm starts FINGER_ABOVE_TCP over it, so objects up to that tall fit between the fingers.
+# The gripper: the TCP lies between the pads, FINGER_BELOW_TCP above the fingertips; the pads (the fingers'
+# inner faces) run from the tips up to the palm, FINGER_ABOVE_TCP over the TCP, so a grasp at an object's
+# centre clears the palm for objects up to 2 * FINGER_ABOVE_TCP tall.
 GRIPPER_MAX_OPENING = 0.12
 FINGER_BELOW_TCP = 0.02
 FINGER_ABOVE_TCP = 0.13
@@ -278,12 +279,11 @@ def _vec(values) -> str:
 def _object_mjcf(placed: PlacedObject) -> str:
     kind = placed.kind
     density = kind.mass / sum(p.volume for p in kind.parts)
-    pos = placed.position + [0.0, 0.0, 0.0005]   # a hair above the table: no initial penetration
     geoms = "\n".join(
         f'      <geom name="{kind.name}_{i}" type="{p.shape}" size="{_vec(p.size)}" pos="{_vec(p.pos)}" '
         f'density="{density:.6g}" rgba="{_vec(kind.rgba)}"/>'
         for i, p in enumerate(kind.parts))
-    return (f'    <body name="{kind.name}" pos="{_vec(pos)}" euler="0 0 {placed.yaw:.6g}">\n'
+    return (f'    <body name="{kind.name}" pos="{_vec(placed.position)}" euler="0 0 {placed.yaw:.6g}">\n'
             f'      <freejoint name="{kind.name}"/>\n{geoms}\n    </body>')
 
 
@@ -337,7 +337,7 @@ def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
 {objects}
     <camera name="{CAMERA_NAME}" pos="{_vec(CAMERA_POSITION)}" xyaxes="{xyaxes}" fovy="{CAMERA_FOVY_DEG}"/>
     <body name="gripper_target" mocap="true" pos="{_vec(GRIPPER_HOME)}"/>
-    <!-- origin = TCP, the middle of the finger pads; fingers close along the gripper's y axis -->
+    <!-- origin = TCP, between the pads; the fingers close along the gripper's y axis -->
     <body name="gripper" pos="{_vec(GRIPPER_HOME)}" gravcomp="1">
       <freejoint name="gripper"/>
       <geom name="palm" type="box" pos="0 0 {FINGER_ABOVE_TCP + 0.015}" size="0.02 {half_open + 2 * t + 0.005} 0.015"
@@ -346,14 +346,14 @@ def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
             material="metal"/>
       <body name="finger_left" gravcomp="1">
         <joint name="finger_left" type="slide" axis="0 1 0" range="0 {half_open}" damping="5" solreflimit="0.004 1"/>
-        <geom name="finger_left" type="box" pos="0 {t} {finger_z}" size="{PAD_WIDTH / 2} {t} {finger_half}" mass="0.04"
-              friction="1.5 0.02 0.001" condim="4" solref="0.004 1" solimp="0.95 0.99 0.001"
+        <geom name="finger_left" type="box" pos="0 {t} {finger_z}" size="{PAD_WIDTH / 2} {t} {finger_half}"
+              mass="0.04" friction="1.5 0.02 0.001" condim="4" solref="0.004 1" solimp="0.95 0.99 0.001"
               material="pad"/>
       </body>
       <body name="finger_right" gravcomp="1">
         <joint name="finger_right" type="slide" axis="0 -1 0" range="0 {half_open}" damping="5" solreflimit="0.004 1"/>
-        <geom name="finger_right" type="box" pos="0 {-t} {finger_z}" size="{PAD_WIDTH / 2} {t} {finger_half}" mass="0.04"
-              friction="1.5 0.02 0.001" condim="4" solref="0.004 1" solimp="0.95 0.99 0.001"
+        <geom name="finger_right" type="box" pos="0 {-t} {finger_z}" size="{PAD_WIDTH / 2} {t} {finger_half}"
+              mass="0.04" friction="1.5 0.02 0.001" condim="4" solref="0.004 1" solimp="0.95 0.99 0.001"
               material="pad"/>
       </body>
     </body>
@@ -377,7 +377,8 @@ def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
   </contact>
   <actuator>
     <!-- commands the opening; asking below 0 squeezes each finger with at most the force limit -->
-    <position name="fingers" tendon="opening" kp="1000" ctrlrange="-0.01 {GRIPPER_MAX_OPENING}" forcerange="-{GRIP_FORCE} {GRIP_FORCE}"/>
+    <position name="fingers" tendon="opening" kp="1000" ctrlrange="-0.01 {GRIPPER_MAX_OPENING}"
+              forcerange="-{GRIP_FORCE} {GRIP_FORCE}"/>
   </actuator>
 </mujoco>
 """
