@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
@@ -17,6 +16,7 @@ from dino_vla.msg import Detection, SegmentationMasks
 from dino_vla.pick import DepthFrame
 from dino_vla.ros.conversions import ImageConversionError, depth_to_metres
 from dino_vla.ros.messages import intrinsics_from_msg, masks_from_msg, stamp_ns
+from dino_vla.ros.node_base import camera_qos
 from dino_vla.sync import ApproximateTimeSync
 from dino_vla.types import Detections, Masks, RigidTransform
 
@@ -45,9 +45,7 @@ class DepthMaskInputs:
                                         slop_ns=int(round(params["sync_slop_s"] * 1e9)),
                                         queue_size=params["sync_queue_size"])
         # a short history, not depth 1: depth must still be queued when the slower masks arrive
-        camera = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, durability=DurabilityPolicy.VOLATILE,
-                            reliability=ReliabilityPolicy.BEST_EFFORT if params["reliability"] == "best_effort"
-                            else ReliabilityPolicy.RELIABLE)
+        camera = camera_qos(params["reliability"], depth=5)
         node.create_subscription(Image, "depth", lambda m: self._add("depth", m), camera,
                                  callback_group=callback_group)
         node.create_subscription(CameraInfo, "camera_info", lambda m: self._add("camera_info", m), camera,

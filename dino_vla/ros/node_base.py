@@ -43,9 +43,10 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     return d
 
 
-def camera_qos(reliability: str) -> QoSProfile:
-    # inference is slower than cameras: keep only the latest frame, never a queue of stale ones
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+def camera_qos(reliability: str, depth: int = 1) -> QoSProfile:
+    """Sensor-data style camera QoS. Depth 1 by default: inference is slower than cameras, so keep only
+    the latest frame, never a queue of stale ones."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort"
                       else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 

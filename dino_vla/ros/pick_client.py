@@ -22,6 +22,7 @@ from dino_vla.msg import SegmentationMasks
 from dino_vla.ros.conversions import image_to_rgb
 from dino_vla.ros.launcher import RunningGraph, start_graph
 from dino_vla.ros.messages import masks_from_msg, stamp_ns
+from dino_vla.types import Detections
 
 
 @dataclass
@@ -111,7 +112,7 @@ def write_record(record: PickRecord, out_dir: Path, banner: str | None) -> dict[
         files["perceived"] = str(out_dir / "perceived.png")
     if record.after is not None:
         verdict = "SUCCESS" if r.success else f"FAILED: {r.failure_reason}"
-        PILImage.fromarray(annotate(record.after, _no_detections(record.after), None, verdict)).save(
+        PILImage.fromarray(annotate(record.after, Detections.empty(record.after.shape[:2]), None, verdict)).save(
             out_dir / "after.png")
         files["after"] = str(out_dir / "after.png")
     p, o = r.grasp.grasp_pose.position, r.object.pose.position
@@ -130,12 +131,6 @@ def write_record(record: PickRecord, out_dir: Path, banner: str | None) -> dict[
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
-
-
-def _no_detections(rgb: np.ndarray):
-    from dino_vla.types import Detections
-
-    return Detections.empty(rgb.shape[:2])
 
 
 def run_sim_pick(args) -> int:
