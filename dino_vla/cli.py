@@ -162,6 +162,24 @@ def cmd_launch(args) -> int:
     return run_graph(args)
 
 
+def cmd_record_sim(args) -> int:
+    from dino_vla.policy.commands import run_record_sim
+
+    return run_record_sim(args)
+
+
+def cmd_train(args) -> int:
+    from dino_vla.policy.commands import run_train
+
+    return run_train(args)
+
+
+def cmd_eval(args) -> int:
+    from dino_vla.policy.commands import run_eval
+
+    return run_eval(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from dino_vla.pipeline import MODEL_CHOICES
 
@@ -233,6 +251,44 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "pick.yaml, sim.yaml)")
     p.add_argument("--json", help="also write the figures and every episode to this JSON file")
     p.set_defaults(func=cmd_bench_pick)
+
+    p = sub.add_parser("record-sim", help="record demonstrations of the simulator's scripted expert (seeded "
+                       "scenes, 2-5 distractors, every object a target, training paraphrases)")
+    p.add_argument("--out", "-o", default="out/policy/demos", help="dataset directory (default out/policy/demos)")
+    p.add_argument("-n", "--scenes", type=int, default=1000, help="scenes to record (default 1000)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--append", action="store_true", help="add to an existing dataset")
+    p.set_defaults(func=cmd_record_sim)
+
+    p = sub.add_parser("train", help="train the VLA grasp policy on a demonstration dataset (seeded, resumable)")
+    p.add_argument("dataset", nargs="?", default="out/policy/demos", help="dataset directory (default "
+                   "out/policy/demos)")
+    p.add_argument("--out", "-o", default="out/policy/checkpoint", help="checkpoint directory, written every "
+                   "epoch (default out/policy/checkpoint)")
+    p.add_argument("--backbone", default="random-tiny", help="DINOv2 weights: random-tiny (offline, no "
+                   "semantics; the default here) or a hub id / local directory such as facebook/dinov2-small")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--d-model", type=int, help="network width (default 64)")
+    p.add_argument("--layers", type=int, help="fusion transformer layers (default 2)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="policy vs geometric baseline on held-out seeded sim scenes and held-out "
+                       "paraphrases: success, correct-object and wrong-object rates, time per decision")
+    p.add_argument("--checkpoint", default="shipped", help="checkpoint directory (default: the shipped one)")
+    p.add_argument("-n", "--scenes", type=int, default=100, help="held-out scenes (default 100)")
+    p.add_argument("--first-seed", type=int, default=1_000_000, help="first scene seed (default 1000000; "
+                   "record-sim uses 0..)")
+    p.add_argument("--paraphrases", choices=("eval", "train"), default="eval",
+                   help="held-out (eval, default) or training sentence templates")
+    p.add_argument("--config", action="append", help="params file for the baseline planner (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device for the policy and features")
+    p.add_argument("--json", help="also write every trial to this JSON file")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 

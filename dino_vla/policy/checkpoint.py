@@ -1,0 +1,134 @@
+"""Policy checkpoints: a directory holding
+
+    policy.safetensors          weights + normalisation statistics; metadata: config (JSON), backbone,
+                                text_encoder, training (JSON: dataset, seed, steps, losses)
+    training_state.safetensors  optimiser moments, RNG state and step, to resume training (optional)
+    backbone/                   the DINOv2 weights the policy was trained on, when they are random weights that
+                                no hub id or cache could reproduce (save_pretrained layout, safetensors)
+
+safetensors only: nothing here unpickles."""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from dino_vla.models.random_init import is_random_model
+from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
+from dino_vla.policy.model import GraspPolicyNet, PolicyConfig
+
+WEIGHTS = "policy.safetensors"
+TRAINING_STATE = "training_state.safetensors"
+BACKBONE_DIR = "backbone"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    config: PolicyConfig
+    backbone: str              # hub id, or a directory (absolute, or resolved against the checkpoint)
+    text_encoder: str
+    training: dict
+
+
+def save_checkpoint(directory: str | Path, net: GraspPolicyNet, backbone: str, text_encoder: str,
+                    training: dict, optimizer: torch.optim.Optimizer | None = None, step: int = 0) -> Path:
+    """Write (or overwrite) a checkpoint; with `optimizer`, also the state to resume training from."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if Path(backbone).is_dir() and is_random_model(backbone) and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
+        shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
+        shutil.copytree(backbone, directory / BACKBONE_DIR)
+        backbone = BACKBONE_DIR
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    tmp = directory / (WEIGHTS + ".tmp")
+    save_file(state, str(tmp), metadata={"config": net.config.to_json(), "backbone": backbone,
+                                         "text_encoder": text_encoder, "training": json.dumps(training)})
+    tmp.replace(directory / WEIGHTS)   # a crash mid-write leaves the previous checkpoint intact
+    if optimizer is not None:
+        _save_training_state(directory, optimizer, step)
+    return directory
+
+
+def read_info(directory: str | Path) -> CheckpointInfo:
+    path = Path(directory) / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{directory} is not a policy checkpoint (no {WEIGHTS})")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    try:
+        config = PolicyConfig.from_json(meta["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable config ({err})") from None
+    backbone = meta.get("backbone", "")
+    if backbone == BACKBONE_DIR:
+        backbone = str(Path(directory).resolve() / BACKBONE_DIR)
+    return CheckpointInfo(config, backbone, meta.get("text_encoder", ""), json.loads(meta.get("training", "{}")))
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GraspPolicyNet, CheckpointInfo]:
+    info = read_info(directory)
+    net = GraspPolicyNet(info.config)
+    state = load_file(str(Path(directory) / WEIGHTS))
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: weights do not fit the config (missing {missing[:3]}, "
+                              f"unexpected {unexpected[:3]})")
+    return net.to(device).eval(), info
+
+
+def _save_training_state(directory: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
+    tensors, scalars = {"rng.torch": torch.get_rng_state()}, {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    groups = [{k: v for k, v in g.items()} for g in optimizer.state_dict()["param_groups"]]
+    tmp = directory / (TRAINING_STATE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"step": str(step), "param_groups": json.dumps(groups),
+                                           "scalars": json.dumps(scalars)})
+    tmp.replace(directory / TRAINING_STATE)
+
+
+def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> int:
+    """Restore the optimiser and torch's RNG from a checkpoint; returns the step to continue from."""
+    path = Path(directory) / TRAINING_STATE
+    if not path.is_file():
+        raise CheckpointError(f"{directory} has no {TRAINING_STATE} to resume from")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    for name, value in json.loads(meta["scalars"]).items():
+        index, key = name.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+    torch.set_rng_state(tensors["rng.torch"])
+    return int(meta["step"])
+
+
+def random_checkpoint(directory: str | Path, features_source: str, language_dim: int = 384,
+                      seed: int = 0, **config) -> str:
+    """An untrained checkpoint (random weights, identity statistics) for tests of the plumbing around a
+    policy: its decisions mean nothing."""
+    from transformers import AutoConfig
+
+    torch.manual_seed(seed)
+    vision_dim = int(AutoConfig.from_pretrained(features_source).hidden_size)
+    net = GraspPolicyNet(PolicyConfig(vision_dim=vision_dim, language_dim=language_dim, **config))
+    save_checkpoint(directory, net, features_source, TEXT_ENCODER, {"untrained": True})
+    return str(directory)

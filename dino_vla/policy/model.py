@@ -1,0 +1,146 @@
+"""The VLA grasp policy network: language, object and vision tokens fused by a transformer encoder; a learned
+action query reads the fused sequence, points at one object token and regresses the grasp relative to that
+object's box (offset, yaw turn, opening), in units normalised by statistics stored with the weights."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from dino_vla.geometry.localise import LocaliserSettings
+from dino_vla.policy.tokens import GEOMETRY_DIM, TARGET_DIM, ViewSettings
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    vision_dim: int                    # the feature model's embedding size
+    language_dim: int                  # the text encoder's hidden size
+    d_model: int = 64
+    heads: int = 4
+    fusion_layers: int = 2
+    decoder_layers: int = 1
+    feedforward: int = 128
+    dropout: float = 0.1
+    view: ViewSettings = field(default_factory=ViewSettings)
+
+    def __post_init__(self):
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} must be a multiple of heads {self.heads}")
+        for name in ("vision_dim", "language_dim", "d_model", "heads", "fusion_layers", "decoder_layers",
+                     "feedforward"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "PolicyConfig":
+        raw = json.loads(text)
+        view = raw.pop("view")
+        view = ViewSettings(**{**view, "localiser": LocaliserSettings(**view["localiser"])})
+        return cls(**raw, view=view)
+
+
+@dataclass
+class Batch:
+    """Padded token inputs of B observations (pads are True in the *_pad masks)."""
+
+    language: torch.Tensor       # (B, T, language_dim)
+    language_pad: torch.Tensor   # (B, T) bool
+    vision: torch.Tensor         # (B, V, vision_dim)
+    geometry: torch.Tensor       # (B, N, GEOMETRY_DIM) raw
+    pooled: torch.Tensor         # (B, N, vision_dim)
+    coverage: torch.Tensor       # (B, N)
+    object_pad: torch.Tensor     # (B, N) bool
+
+    def to(self, device) -> "Batch":
+        return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+
+class GraspPolicyNet(nn.Module):
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        grid = config.view.vision_grid
+        self.language_in = nn.Sequential(nn.LayerNorm(config.language_dim), nn.Linear(config.language_dim, d))
+        self.vision_in = nn.Sequential(nn.LayerNorm(config.vision_dim), nn.Linear(config.vision_dim, d))
+        self.vision_position = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
+        self.pooled_norm = nn.LayerNorm(config.vision_dim)
+        self.object_in = nn.Sequential(nn.Linear(GEOMETRY_DIM + config.vision_dim + 1, d), nn.GELU(),
+                                       nn.Linear(d, d))
+        self.token_type = nn.Parameter(torch.randn(3, d) * 0.02)    # language, object, vision
+        layer = nn.TransformerEncoderLayer(d, config.heads, config.feedforward, config.dropout,
+                                           batch_first=True, norm_first=True)
+        self.fusion = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
+        self.action_query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        decoder = nn.TransformerDecoderLayer(d, config.heads, config.feedforward, config.dropout,
+                                             batch_first=True, norm_first=True)
+        self.reader = nn.TransformerDecoder(decoder, config.decoder_layers)
+        self.pointer_query = nn.Linear(d, d)
+        self.pointer_key = nn.Linear(d, d)
+        self.grasp_head = nn.Sequential(nn.LayerNorm(2 * d), nn.Linear(2 * d, config.feedforward), nn.GELU(),
+                                        nn.Linear(config.feedforward, TARGET_DIM))
+        # normalisation statistics, fitted on the training set (fit_statistics) and saved with the weights
+        self.register_buffer("geometry_mean", torch.zeros(GEOMETRY_DIM))
+        self.register_buffer("geometry_std", torch.ones(GEOMETRY_DIM))
+        self.register_buffer("target_mean", torch.zeros(TARGET_DIM))
+        self.register_buffer("target_std", torch.ones(TARGET_DIM))
+
+    def fit_statistics(self, geometry: np.ndarray, targets: np.ndarray) -> None:
+        """Per-dimension mean and std of object geometry and grasp targets (std floored so a constant
+        dimension, e.g. the turn of round objects, does not blow up)."""
+        for name, values in (("geometry", geometry), ("target", targets)):
+            values = torch.as_tensor(np.asarray(values, np.float32))
+            getattr(self, f"{name}_mean").copy_(values.mean(0))
+            getattr(self, f"{name}_std").copy_(values.std(0).clamp_min(1e-3))
+
+    def normalise_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        return (targets - self.target_mean) / self.target_std
+
+    def denormalise_targets(self, normalised: torch.Tensor) -> torch.Tensor:
+        return normalised * self.target_std + self.target_mean
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pointer logits (B, N), pads at -inf; normalised grasp targets (B, N, TARGET_DIM) per object)."""
+        geometry = (batch.geometry - self.geometry_mean) / self.geometry_std
+        objects = self.object_in(torch.cat([geometry, self.pooled_norm(batch.pooled),
+                                            batch.coverage.unsqueeze(-1)], -1)) + self.token_type[1]
+        language = self.language_in(batch.language) + self.token_type[0]
+        vision = self.vision_in(batch.vision) + self.vision_position + self.token_type[2]
+        tokens = torch.cat([language, objects, vision], 1)
+        vision_pad = torch.zeros(vision.shape[:2], dtype=torch.bool, device=vision.device)
+        pad = torch.cat([batch.language_pad, batch.object_pad, vision_pad], 1)
+        fused = self.fusion(tokens, src_key_padding_mask=pad)
+        query = self.reader(self.action_query.expand(len(tokens), -1, -1), fused, memory_key_padding_mask=pad)
+        start = language.shape[1]
+        object_out = fused[:, start:start + objects.shape[1]]
+        logits = torch.einsum("bd,bnd->bn", self.pointer_query(query[:, 0]), self.pointer_key(object_out))
+        logits = (logits / math.sqrt(self.config.d_model)).masked_fill(batch.object_pad, float("-inf"))
+        paired = torch.cat([query.expand(-1, object_out.shape[1], -1), object_out], -1)
+        return logits, self.grasp_head(paired)
+
+
+def collate(language: list[np.ndarray], vision: list[np.ndarray], geometry: list[np.ndarray],
+            pooled: list[np.ndarray], coverage: list[np.ndarray]) -> Batch:
+    """Pad B observations' token arrays into one Batch."""
+    def pad(arrays: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        longest = max(1, max(len(a) for a in arrays))
+        out = torch.zeros(len(arrays), longest, width)
+        mask = torch.ones(len(arrays), longest, dtype=torch.bool)
+        for i, a in enumerate(arrays):
+            out[i, :len(a)] = torch.as_tensor(np.asarray(a, np.float32)).reshape(len(a), width)
+            mask[i, :len(a)] = False
+        return out, mask
+
+    language_t, language_pad = pad(language, language[0].shape[-1])
+    geometry_t, object_pad = pad(geometry, GEOMETRY_DIM)
+    pooled_t, _ = pad(pooled, vision[0].shape[-1])
+    coverage_t, _ = pad([np.asarray(c).reshape(-1, 1) for c in coverage], 1)
+    return Batch(language_t, language_pad, torch.as_tensor(np.stack(vision).astype(np.float32)),
+                 geometry_t, pooled_t, coverage_t[..., 0], object_pad)

@@ -1,0 +1,126 @@
+"""A trained policy at run time: observation (features, masks, aligned depth, camera pose) + instruction ->
+one grasp. The policy node, `dino-vla eval` and the tests all go through GraspPolicy.decide."""
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dino_vla.instruction import InstructionError, parse_instruction
+from dino_vla.models.loading import resolve_device
+from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
+from dino_vla.models.text import TextEncoder
+from dino_vla.pick import DepthFrame
+from dino_vla.policy.checkpoint import CheckpointInfo, load_checkpoint
+from dino_vla.policy.model import GraspPolicyNet, collate
+from dino_vla.policy.tokens import ObjectTokens, grasp_from_target, object_tokens, vision_tokens
+from dino_vla.types import Features, Grasp, Masks, RigidTransform
+
+CHECKPOINTS = Path(__file__).parent / "checkpoints"
+SHIPPED = "sim-tiny"
+
+
+def shipped_checkpoint() -> str:
+    """The checkpoint that ships with the package: trained by `dino-vla train` on simulator demonstrations
+    over the tiny random-weight DINOv2 stored inside it (see its README)."""
+    return str(CHECKPOINTS / SHIPPED)
+
+
+@lru_cache(maxsize=16)
+def _weights_digest(directory: str) -> str | None:
+    path = Path(directory) / "model.safetensors"
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+
+
+def same_weights(a: str, b: str) -> bool:
+    """Whether two model sources (hub ids or save_pretrained directories) hold the same weights: equal
+    names, or directories whose model.safetensors are byte for byte equal (a checkpoint's copy of a
+    random-weight backbone and the original)."""
+    if a == b:
+        return True
+    digest = _weights_digest(a) if Path(a).is_dir() else None
+    return digest is not None and digest == (_weights_digest(b) if Path(b).is_dir() else None)
+
+
+class PolicyFailure(Exception):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    grasp: Grasp               # in camera_to_base.parent; score = confidence
+    object_index: int          # which of the masks it chose
+    confidence: float          # the pointer's probability for that object
+    latency_ms: float          # tokens + network, features not included
+
+
+class GraspPolicy:
+    def __init__(self, net: GraspPolicyNet, info: CheckpointInfo, text: TextEncoder, checkpoint: str):
+        self.net, self.info, self.text, self.checkpoint = net, info, text, checkpoint
+        self.device = next(net.parameters()).device
+        self._language = lru_cache(maxsize=64)(lambda instruction: self.text.encode(instruction).tokens)
+
+    @classmethod
+    def load(cls, checkpoint: str, device: str = "auto") -> "GraspPolicy":
+        dev = resolve_device(device)
+        net, info = load_checkpoint(checkpoint, dev)
+        text = TextEncoder.load(info.text_encoder or TEXT_ENCODER, device=str(dev))
+        if text.dim != info.config.language_dim:
+            raise PolicyFailure("feature_mismatch", f"text encoder {info.text_encoder!r} gives {text.dim}-d "
+                                f"tokens, the policy was trained on {info.config.language_dim}-d")
+        return cls(net, info, text, str(checkpoint))
+
+    @property
+    def backbone(self) -> str:
+        return self.info.backbone
+
+    def check_features(self, features: Features) -> None:
+        """Features from another backbone than the policy's mean nothing to it: refuse them."""
+        dim = features.patch_tokens.shape[-1]
+        if dim != self.info.config.vision_dim:
+            raise PolicyFailure("feature_mismatch", f"features are {dim}-d, the policy was trained on "
+                                f"{self.info.config.vision_dim}-d features of {self.backbone}")
+        if features.model and not same_weights(features.model, self.backbone):
+            raise PolicyFailure("feature_mismatch", f"features come from {features.model!r}, the policy "
+                                f"was trained on {self.backbone!r}")
+
+    def decide(self, instruction: str, features: Features, frame: DepthFrame, masks: Masks,
+               camera_to_base: RigidTransform) -> PolicyDecision:
+        start = time.perf_counter()
+        try:
+            target = parse_instruction(instruction).target
+        except InstructionError as err:
+            raise PolicyFailure("bad_instruction", str(err)) from None
+        self.check_features(features)
+        if len(masks) == 0:
+            raise PolicyFailure("no_object", "no object masks in this frame")
+        objects = object_tokens(features, frame.depth, frame.intrinsics, frame.frame, masks.masks,
+                                camera_to_base, self.info.config.view)
+        if len(objects) == 0:
+            reasons = "; ".join(sorted(set(objects.skipped.values())))
+            raise PolicyFailure("no_points", f"none of the {len(masks)} masks has usable depth ({reasons})")
+        logits, targets = self.forward(instruction, features, objects)
+        probabilities = torch.softmax(logits, 0)
+        row = int(torch.argmax(probabilities))
+        confidence = float(probabilities[row])
+        grasp = grasp_from_target(targets[row].numpy(), objects.anchors[row], camera_to_base.parent, target,
+                                  confidence)
+        grasp = Grasp(grasp.position, grasp.approach, grasp.yaw, max(grasp.width, 0.0), grasp.score,
+                      grasp.phrase, grasp.frame)
+        return PolicyDecision(grasp, objects.kept[row], confidence, (time.perf_counter() - start) * 1e3)
+
+    @torch.inference_mode()
+    def forward(self, instruction: str, features: Features, objects: ObjectTokens
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pointer logits (N,), grasp targets (N, 5) in metres/radians) for one observation's objects."""
+        batch = collate([self._language(instruction)], [vision_tokens(features, self.info.config.view.vision_grid)],
+                        [objects.geometry], [objects.pooled], [objects.coverage]).to(self.device)
+        logits, normalised = self.net(batch)
+        return logits[0].cpu(), self.net.denormalise_targets(normalised[0]).cpu()

@@ -1,0 +1,132 @@
+"""What the policy sees, as token inputs: vision tokens (the DINOv2 patch grid, pooled to a small grid),
+object tokens (one per instance mask: its 3D footprint box in the base frame and its mask-pooled DINOv2
+feature) and language tokens (the text encoder's token states). Also the grasp <-> per-object target
+encoding: a grasp is stored relative to the chosen object's box (offset, yaw turn, opening).
+
+ROS-free and model-free: the same functions build training batches and run on the robot."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, gravity_aligned_box, localise
+from dino_vla.types import CameraIntrinsics, Features, Grasp, RigidTransform
+
+# centre xyz, top z, long side, narrow side, height, cos 2yaw, sin 2yaw, log(points), mask centre u, v (0..1)
+GEOMETRY_DIM = 12
+TARGET_DIM = 5      # dx, dy, dz (m, base frame), dyaw (rad), opening (m)
+TABLE_MARGIN_M = 0.005
+
+
+@dataclass(frozen=True)
+class ViewSettings:
+    """How observations become tokens; stored in the checkpoint, since a policy only understands the tokens
+    it was trained on."""
+
+    vision_grid: int = 8               # patch tokens are average-pooled to vision_grid x vision_grid
+    crop_fraction: float = 0.875       # the feature model's centre crop / resize (DINOv2: 224 / 256)
+    table_height_m: float = 0.40       # points below table + 5 mm are the table, not the object
+    localiser: LocaliserSettings = LocaliserSettings()
+
+
+@dataclass(frozen=True)
+class ObjectTokens:
+    """Per-instance inputs of one observation. Instances without usable depth are left out (`kept` maps
+    rows back to the instance masks they came from)."""
+
+    geometry: np.ndarray      # (N, GEOMETRY_DIM) float32, raw (normalised inside the model)
+    pooled: np.ndarray        # (N, D) float32 mask-pooled patch features (zeros where the crop misses it)
+    coverage: np.ndarray      # (N,) float32 fraction of a patch the mask covers, summed over the grid
+    anchors: np.ndarray       # (N, 4) float64 box centre xyz + footprint long-side yaw, base frame
+    kept: tuple[int, ...]     # instance index of each row
+    skipped: dict[int, str]   # instance index -> why it has no token
+
+    def __len__(self) -> int:
+        return len(self.kept)
+
+
+def vision_tokens(features: Features, grid: int) -> np.ndarray:
+    """(grid * grid, D) float32: the patch grid average-pooled (area-weighted) to grid x grid."""
+    patches = np.asarray(features.patch_tokens, np.float32)
+    rows, cols, dim = patches.shape
+    pooled = cv2.resize(patches.reshape(rows, cols, dim), (grid, grid), interpolation=cv2.INTER_AREA)
+    return pooled.reshape(grid * grid, dim)
+
+
+def patch_weights(mask: np.ndarray, features: Features, crop_fraction: float) -> np.ndarray:
+    """(rows, cols) fraction of each patch that `mask` (original image size) covers, following the feature
+    model's preprocessing: resize so the short side is input/crop_fraction, then a centre crop."""
+    h, w = mask.shape
+    in_h, in_w = features.input_size
+    scale = (min(in_h, in_w) / crop_fraction) / min(h, w)      # resized pixels per original pixel
+    view_h, view_w = in_h / scale, in_w / scale
+    top, left = int(round((h - view_h) / 2)), int(round((w - view_w) / 2))
+    crop = mask[max(top, 0):max(top, 0) + int(round(view_h)), max(left, 0):max(left, 0) + int(round(view_w))]
+    rows, cols = features.patch_tokens.shape[:2]
+    if crop.size == 0:
+        return np.zeros((rows, cols), np.float32)
+    return cv2.resize(crop.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
+
+
+def object_tokens(features: Features, depth: np.ndarray, intrinsics: CameraIntrinsics, camera_frame: str,
+                  masks: np.ndarray, camera_to_base: RigidTransform, view: ViewSettings) -> ObjectTokens:
+    """One token per instance mask ((N, H, W) bool) that has enough depth points above the table."""
+    if camera_to_base.child != camera_frame:
+        raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {camera_frame!r}")
+    patches = np.asarray(features.patch_tokens, np.float32)
+    h, w = depth.shape
+    geometry, pooled, coverage, anchors, kept, skipped = [], [], [], [], [], {}
+    for i, mask in enumerate(masks):
+        try:
+            obj = localise(depth, mask, intrinsics, camera_frame, "object", 1.0, view.localiser)
+        except NoPointsError as err:
+            skipped[i] = str(err)
+            continue
+        points = camera_to_base.apply(obj.points)
+        points = points[points[:, 2] > view.table_height_m + TABLE_MARGIN_M]
+        if len(points) < view.localiser.min_points:
+            skipped[i] = f"{len(points)} points above the table"
+            continue
+        centre, rotation, (long, narrow, height) = gravity_aligned_box(points)
+        yaw = math.atan2(rotation[1, 0], rotation[0, 0])
+        rows, cols = np.nonzero(mask)
+        geometry.append([*centre, centre[2] + height / 2, long, narrow, height, math.cos(2 * yaw),
+                         math.sin(2 * yaw), math.log(len(points)), cols.mean() / w, rows.mean() / h])
+        weights = patch_weights(mask, features, view.crop_fraction)
+        total = float(weights.sum())
+        pooled.append(np.tensordot(weights, patches, axes=([0, 1], [0, 1])) / total if total > 1e-6
+                      else np.zeros(patches.shape[-1], np.float32))
+        coverage.append(total)
+        anchors.append([*centre, yaw])
+        kept.append(i)
+    dim = patches.shape[-1]
+    return ObjectTokens(np.asarray(geometry, np.float32).reshape(-1, GEOMETRY_DIM),
+                        np.asarray(pooled, np.float32).reshape(-1, dim), np.asarray(coverage, np.float32),
+                        np.asarray(anchors, np.float64).reshape(-1, 4), tuple(kept), skipped)
+
+
+def fold_angle(angle: float, symmetry: int) -> float:
+    """`angle` reduced to (-pi/symmetry, pi/symmetry]: the same grasp for an object (and parallel gripper)
+    that looks the same turned by 2 pi / symmetry. symmetry 0 = round: every turn is the same grasp."""
+    if symmetry == 0:
+        return 0.0
+    period = 2 * math.pi / symmetry
+    folded = math.remainder(angle, period)
+    return period / 2 if math.isclose(folded, -period / 2) else folded
+
+
+def grasp_target(grasp_position: np.ndarray, grasp_yaw: float, grasp_width: float, anchor: np.ndarray,
+                 symmetry: int = 2) -> np.ndarray:
+    """The grasp relative to an object's anchor: (dx, dy, dz, dyaw, opening). A parallel gripper is
+    2-fold symmetric; objects may be more (symmetry 4: a square box; 0: round)."""
+    turn = fold_angle(grasp_yaw - anchor[3], max(symmetry, 2) if symmetry else 0)
+    return np.array([*(np.asarray(grasp_position) - anchor[:3]), turn, grasp_width], np.float32)
+
+
+def grasp_from_target(target: np.ndarray, anchor: np.ndarray, frame: str, phrase: str, score: float) -> Grasp:
+    yaw = math.remainder(float(anchor[3] + target[3]), 2 * math.pi)
+    return Grasp(anchor[:3] + np.asarray(target[:3], np.float64), np.array([0.0, 0.0, -1.0]), yaw,
+                 float(target[4]), float(score), phrase, frame)

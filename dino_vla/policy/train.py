@@ -1,0 +1,241 @@
+"""`dino-vla train`: fit the grasp policy to a demonstration dataset.
+
+The vision backbone is frozen: every frame's DINOv2 tokens and object tokens are computed once and cached
+next to the dataset (keyed by backbone, text encoder and view settings), so an epoch costs only the policy
+network. Training is seeded (data order, initialisation, dropout) and resumable: each checkpoint carries the
+optimiser and RNG state, and --resume continues the same run step for step."""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from dino_vla.models.features import DinoFeatures
+from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
+from dino_vla.models.text import TextEncoder
+from dino_vla.policy.checkpoint import load_checkpoint, load_training_state, read_info, save_checkpoint
+from dino_vla.policy.dataset import Dataset
+from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
+from dino_vla.policy.tokens import ViewSettings, grasp_target, object_tokens, vision_tokens
+
+
+def crop_fraction(features: DinoFeatures) -> float:
+    """The processor's centre crop as a fraction of its resize (1 when it does not crop)."""
+    p = features.processor
+    if not getattr(p, "do_center_crop", False):
+        return 1.0
+    return float(p.crop_size["height"]) / float(p.size["shortest_edge"])
+
+
+@dataclass
+class TokenTable:
+    """Every episode's token inputs and grasp target, as flat tensors with offsets (cheap to cache)."""
+
+    vision: torch.Tensor          # (F, V, Dv)
+    geometry: torch.Tensor        # (sum N_f, GEOMETRY_DIM)
+    pooled: torch.Tensor          # (sum N_f, Dv)
+    coverage: torch.Tensor        # (sum N_f,)
+    object_offsets: torch.Tensor  # (F + 1,)
+    language: torch.Tensor        # (sum T_t, Dl)
+    language_offsets: torch.Tensor  # (tasks + 1,)
+    episode_frame: torch.Tensor   # (E,)
+    episode_task: torch.Tensor    # (E,)
+    episode_row: torch.Tensor     # (E,) the target's row among its frame's object tokens
+    episode_target: torch.Tensor  # (E, 5) dx, dy, dz, dyaw, opening
+
+    def __len__(self) -> int:
+        return len(self.episode_frame)
+
+    def objects(self, frame: int) -> slice:
+        return slice(int(self.object_offsets[frame]), int(self.object_offsets[frame + 1]))
+
+    def batch(self, episodes: torch.Tensor) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """(inputs, target rows, targets) of the given episode indices."""
+        frames, tasks = self.episode_frame[episodes], self.episode_task[episodes]
+        lang = [self.language[int(self.language_offsets[t]):int(self.language_offsets[t + 1])].numpy() for t in tasks]
+        parts = [self.objects(int(f)) for f in frames]
+        batch = collate(lang, [self.vision[f].numpy() for f in frames], [self.geometry[s].numpy() for s in parts],
+                        [self.pooled[s].numpy() for s in parts], [self.coverage[s].numpy() for s in parts])
+        return batch, self.episode_row[episodes], self.episode_target[episodes]
+
+
+def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, view: ViewSettings,
+                 progress: bool = True) -> tuple[TokenTable, dict]:
+    """Tokens of every frame and episode; episodes whose target has no object token are dropped (counted)."""
+    vision, geometry, pooled, coverage, offsets, rows_of = [], [], [], [], [0], {}
+    anchors = {}
+    for index, frame in tqdm(dataset.frames(), total=dataset.num_frames, desc="tokens", unit="frame",
+                             file=sys.stderr, disable=not progress):
+        feats = features.extract(frame.rgb)
+        masks = np.stack([frame.mask(k) for k in range(len(frame.objects))]) if frame.objects else \
+            np.zeros((0, *frame.labels.shape), bool)
+        objects = object_tokens(feats, frame.depth_m, frame.intrinsics, frame.camera_to_base.child, masks,
+                                frame.camera_to_base, view)
+        vision.append(vision_tokens(feats, view.vision_grid))
+        geometry.append(objects.geometry)
+        pooled.append(objects.pooled)
+        coverage.append(objects.coverage)
+        offsets.append(offsets[-1] + len(objects))
+        rows_of[index] = {k: row for row, k in enumerate(objects.kept)}
+        anchors[index] = objects.anchors
+    tasks = sorted({e.task_index: e.instruction for e in dataset.episodes}.items())
+    language = [text.encode(instruction).tokens for _, instruction in tasks]
+    task_row = {task: i for i, (task, _) in enumerate(tasks)}
+    kept, dropped = [], 0
+    for e in dataset.episodes:
+        row = rows_of.get(e.frame_index, {}).get(e.target_object) if e.target_object is not None else None
+        if row is None:
+            dropped += 1
+            continue
+        target = grasp_target(np.asarray(e.grasp_position), e.grasp_yaw, e.grasp_width,
+                              anchors[e.frame_index][row], e.extra.get("symmetry", 2))
+        kept.append((e.frame_index, task_row[e.task_index], row, target))
+    if not kept:
+        raise ValueError(f"{dataset.root}: no episode has a target object with usable depth")
+    table = TokenTable(
+        torch.as_tensor(np.stack(vision)), torch.as_tensor(np.concatenate(geometry)),
+        torch.as_tensor(np.concatenate(pooled)), torch.as_tensor(np.concatenate(coverage)),
+        torch.as_tensor(offsets), torch.as_tensor(np.concatenate(language)),
+        torch.as_tensor(np.cumsum([0] + [len(t) for t in language])),
+        torch.as_tensor([k[0] for k in kept]), torch.as_tensor([k[1] for k in kept]),
+        torch.as_tensor([k[2] for k in kept]), torch.as_tensor(np.stack([k[3] for k in kept])))
+    return table, {"episodes": len(dataset), "used": len(kept), "dropped_no_target_token": dropped}
+
+
+def cached_tokens(dataset: Dataset, backbone: str, view: ViewSettings, text: TextEncoder,
+                  features: DinoFeatures) -> tuple[TokenTable, dict]:
+    key = hashlib.sha256(json.dumps([str(Path(backbone).resolve()) if Path(backbone).exists() else backbone,
+                                     text.name, asdict(view), len(dataset), dataset.num_frames]).encode()
+                         ).hexdigest()[:16]
+    path = dataset.root / "cache" / f"tokens-{key}.safetensors"
+    if path.is_file():
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            stats = json.loads(f.metadata()["stats"])
+        return TokenTable(**load_file(str(path))), stats
+    table, stats = build_tokens(dataset, features, text, view)
+    path.parent.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in asdict(table).items()}, str(path), metadata={"stats": json.dumps(stats)})
+    return table, stats
+
+
+def split_by_frame(table: TokenTable, validation_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Episode indices (train, validation), whole frames held out so validation scenes are unseen."""
+    frames = torch.unique(table.episode_frame)
+    order = frames[torch.randperm(len(frames), generator=torch.Generator().manual_seed(seed))]
+    held = set(order[:int(round(validation_fraction * len(frames)))].tolist())
+    is_val = torch.tensor([int(f) in held for f in table.episode_frame])
+    return torch.nonzero(~is_val)[:, 0], torch.nonzero(is_val)[:, 0]
+
+
+def losses(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    batch, rows, targets = table.batch(episodes)
+    logits, predicted = net(batch)
+    pointer = torch.nn.functional.cross_entropy(logits, rows)
+    chosen = predicted[torch.arange(len(rows)), rows]
+    regression = torch.nn.functional.smooth_l1_loss(chosen, net.normalise_targets(targets), beta=0.5)
+    with torch.no_grad():
+        grasp = net.denormalise_targets(chosen)
+        metrics = {"pointer_accuracy": float((logits.argmax(1) == rows).float().mean()),
+                   "position_error_cm": float((grasp[:, :3] - targets[:, :3]).norm(dim=1).mean() * 100),
+                   "yaw_error_deg": float((grasp[:, 3] - targets[:, 3]).abs().mean().rad2deg()),
+                   "width_error_cm": float((grasp[:, 4] - targets[:, 4]).abs().mean() * 100)}
+    return pointer + regression, {"pointer_loss": pointer.item(), "regression_loss": regression.item(), **metrics}
+
+
+@torch.no_grad()
+def evaluate_table(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor, batch_size: int = 256) -> dict:
+    net.eval()
+    totals: dict[str, float] = {}
+    for start in range(0, len(episodes), batch_size):
+        chunk = episodes[start:start + batch_size]
+        _, metrics = losses(net, table, chunk)
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + v * len(chunk)
+    net.train()
+    return {k: round(v / max(len(episodes), 1), 4) for k, v in totals.items()}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 40
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    validation_fraction: float = 0.1
+
+
+def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | None = None,
+          settings: TrainSettings = TrainSettings(), resume: bool = False, text_model: str = TEXT_ENCODER,
+          threads: int = 0, stop_after_epoch: int | None = None) -> dict:
+    """Train (or resume) a policy on `dataset_dir`, writing checkpoints to `out` after every epoch;
+    stop_after_epoch ends this call early (the run resumes later with resume=True)."""
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.perf_counter()
+    dataset = Dataset(dataset_dir)
+    if resume:
+        info = read_info(out)
+        backbone, text_model, config = info.backbone, info.text_encoder, info.config
+        settings = TrainSettings(**info.training["settings"])
+    features = DinoFeatures.load(backbone, device="cpu", dtype="float32")
+    text = TextEncoder.load(text_model, device="cpu")
+    if not resume:
+        view = ViewSettings(**{**(config_overrides or {}).pop("view", {}), "crop_fraction": crop_fraction(features)})
+        config = PolicyConfig(vision_dim=int(features.model.config.hidden_size), language_dim=text.dim, view=view,
+                              **(config_overrides or {}))
+    table, stats = cached_tokens(dataset, backbone, config.view, text, features)
+    train_eps, val_eps = split_by_frame(table, settings.validation_fraction, settings.seed)
+    torch.manual_seed(settings.seed)
+    net = GraspPolicyNet(config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    steps_per_epoch = (len(train_eps) + settings.batch_size - 1) // settings.batch_size
+    total_steps = settings.epochs * steps_per_epoch
+    step = 0
+    if resume:
+        net, _ = load_checkpoint(out)
+        net.train()
+        optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        step = load_training_state(out, optimizer)
+    else:
+        net.fit_statistics(table.geometry.numpy(), table.episode_target[train_eps].numpy())
+    training = {"dataset": str(Path(dataset_dir).resolve()), "dataset_source": dataset.info.get("source"),
+                "settings": asdict(settings), "tokens": stats, "train_episodes": len(train_eps),
+                "validation_episodes": len(val_eps), "history": []}
+    if resume:
+        training["history"] = read_info(out).training.get("history", [])
+    net.train()
+    bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", file=sys.stderr)
+    while step < total_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        order = train_eps[torch.randperm(len(train_eps), generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))]
+        for b in range(offset, steps_per_epoch):
+            loss, metrics = losses(net, table, order[b * settings.batch_size:(b + 1) * settings.batch_size])
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+            for group in optimizer.param_groups:   # cosine decay, a function of the step alone (resumable)
+                group["lr"] = settings.learning_rate * 0.5 * (1 + np.cos(np.pi * step / total_steps))
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['pointer_accuracy']:.2f}")
+        validation = evaluate_table(net, table, val_eps) if len(val_eps) else {}
+        training["history"].append({"epoch": epoch + 1, "step": step, "loss": round(loss.item(), 4), **validation})
+        training["elapsed_s"] = round(time.perf_counter() - started, 1)
+        save_checkpoint(out, net, backbone, text_model, training, optimizer, step)
+        bar.write(f"epoch {epoch + 1}/{settings.epochs}: loss {loss.item():.4f}, validation {validation}")
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
+            break
+    bar.close()
+    return training

@@ -1,0 +1,242 @@
+"""The VLA policy core: dataset format, tokens, network, checkpoints, training (overfit, resume) and the
+run-time GraspPolicy, on tiny random DINOv2 weights and the real MiniLM text encoder."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dino_vla.geometry.transforms import transform_from_pose
+from dino_vla.config import CAMERA_POSE_IN_BASE
+from dino_vla.pick import DepthFrame
+from dino_vla.policy.checkpoint import CheckpointError, load_checkpoint, random_checkpoint, read_info
+from dino_vla.policy.dataset import Dataset, DatasetError, DatasetWriter, RecordedFrame
+from dino_vla.policy.model import GraspPolicyNet, PolicyConfig, collate
+from dino_vla.policy.runner import GraspPolicy, PolicyFailure
+from dino_vla.policy.sim_expert import class_agnostic, grasp_symmetry, record, scene_layout
+from dino_vla.policy.tokens import (GEOMETRY_DIM, TARGET_DIM, fold_angle, grasp_from_target, grasp_target,
+                                    patch_weights)
+from dino_vla.policy.train import TrainSettings, train
+from dino_vla.sim.mujoco_sim import TabletopSim
+from dino_vla.sim.scene import CAMERA_FRAME, catalogue_object
+from dino_vla.types import CameraIntrinsics, Features, Grasp, Masks, RigidTransform
+
+
+def _frame(h=48, w=64, seed=0) -> RecordedFrame:
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((h, w), np.uint16)
+    labels[5:20, 5:20], labels[25:40, 30:50] = 1, 2
+    depth = rng.uniform(0.3, 2.0, (h, w)).astype(np.float32)
+    depth[0, 0] = 0.0
+    pose = transform_from_pose(CAMERA_POSE_IN_BASE, "base_link", "cam")
+    return RecordedFrame(rng.integers(0, 255, (h, w, 3), dtype=np.uint8), depth, labels, ("cup", "object"),
+                         CameraIntrinsics(50.0, 51.0, 31.5, 23.5, w, h), pose, 123)
+
+
+def _grasp(x=0.1, frame="base_link") -> Grasp:
+    return Grasp(np.array([x, -0.2, 0.45]), np.array([0.0, 0.0, -1.0]), 0.3, 0.08, 1.0, "cup", frame)
+
+
+# ---- dataset ------------------------------------------------------------------------------------------------
+
+def test_dataset_round_trip(tmp_path):
+    frame = _frame()
+    with DatasetWriter(tmp_path / "ds", source="test") as writer:
+        index = writer.add_frame(frame)
+        writer.add_episode(index, "pick up the cup", _grasp(), target_object=0, success=True, extra={"seed": 3})
+        writer.add_episode(index, "grab the mug", _grasp(0.2), target_object=None)
+    ds = Dataset(tmp_path / "ds")
+    assert len(ds) == 2 and ds.num_frames == 1 and ds.info["tasks"] == 2 and ds.info["source"] == "test"
+    back = ds.frame(0)
+    assert np.array_equal(back.rgb, frame.rgb) and np.array_equal(back.labels, frame.labels)
+    assert np.allclose(back.depth_m, frame.depth_m, atol=0.0006) and back.depth_m[0, 0] == 0.0
+    assert back.objects == frame.objects and back.intrinsics == frame.intrinsics and back.stamp_ns == 123
+    assert np.allclose(back.camera_to_base.rotation, frame.camera_to_base.rotation)
+    assert (back.camera_to_base.parent, back.camera_to_base.child) == ("base_link", "cam")
+    first = ds.episodes[0]
+    assert first.instruction == "pick up the cup" and first.target_object == 0 and first.success is True
+    assert np.allclose(first.grasp_position, [0.1, -0.2, 0.45]) and first.extra == {"seed": 3}
+    assert ds.episodes[1].task_index == 1 and ds.episodes[1].success is None
+    # appending keeps what is there; writing over it by accident is refused
+    with pytest.raises(DatasetError, match="already holds"):
+        DatasetWriter(tmp_path / "ds", source="test")
+    with DatasetWriter(tmp_path / "ds", source="test", append=True) as writer:
+        writer.add_episode(writer.add_frame(frame), "pick up the cup", _grasp())
+    ds = Dataset(tmp_path / "ds")
+    assert len(ds) == 3 and ds.num_frames == 2 and ds.episodes[2].task_index == 0
+
+
+def test_dataset_refuses_bad_input(tmp_path):
+    frame = _frame()
+    with pytest.raises(DatasetError, match="share one"):
+        RecordedFrame(frame.rgb[:10], frame.depth_m, frame.labels, frame.objects, frame.intrinsics,
+                      frame.camera_to_base)
+    with pytest.raises(DatasetError, match="objects named"):
+        RecordedFrame(frame.rgb, frame.depth_m, frame.labels, ("cup",), frame.intrinsics, frame.camera_to_base)
+    with DatasetWriter(tmp_path / "ds", source="test") as writer:
+        with pytest.raises(DatasetError, match="not been written"):
+            writer.add_episode(0, "pick up the cup", _grasp())
+        index = writer.add_frame(frame)
+        with pytest.raises(DatasetError, match="actions are in"):
+            writer.add_episode(index, "pick up the cup", _grasp(frame="camera"))
+        with pytest.raises(DatasetError, match="non-finite"):
+            writer.add_episode(index, "pick up the cup", _grasp(x=float("nan")))
+    with pytest.raises(DatasetError, match="not a dataset"):
+        Dataset(tmp_path / "nothing")
+
+
+# ---- tokens and targets -------------------------------------------------------------------------------------
+
+def test_fold_angle_and_grasp_target_round_trip():
+    assert fold_angle(math.pi + 0.1, 2) == pytest.approx(0.1)
+    assert fold_angle(math.pi / 2 + 0.1, 4) == pytest.approx(0.1)
+    assert fold_angle(1.0, 0) == 0.0
+    assert fold_angle(-math.pi / 2, 2) == pytest.approx(math.pi / 2)
+    anchor = np.array([0.1, 0.05, 0.45, 0.4])
+    target = grasp_target(np.array([0.11, 0.04, 0.46]), 0.4 + math.pi + 0.2, 0.09, anchor, symmetry=2)
+    assert np.allclose(target, [0.01, -0.01, 0.01, 0.2, 0.09], atol=1e-6)
+    grasp = grasp_from_target(target, anchor, "base_link", "cup", 0.9)
+    assert np.allclose(grasp.position, [0.11, 0.04, 0.46]) and grasp.yaw == pytest.approx(0.6)
+    assert grasp.width == pytest.approx(0.09) and grasp.frame == "base_link" and grasp.score == 0.9
+    # round objects: any turn is the same grasp, so the target turn is 0
+    assert grasp_target(np.zeros(3), 1.3, 0.09, anchor, symmetry=0)[3] == 0.0
+    assert [grasp_symmetry(catalogue_object(n)) for n in ("box", "block", "cup", "can", "ball")] == [4, 2, 2, 0, 0]
+
+
+def test_patch_weights_follow_the_centre_crop():
+    features = Features(np.zeros(8), np.zeros((16, 16, 8), np.float32), 14, (224, 224), "m")
+    whole = np.ones((480, 640), bool)
+    assert np.allclose(patch_weights(whole, features, 0.875), 1.0)
+    edges = np.zeros((480, 640), bool)
+    edges[:, :60] = edges[:, -60:] = True          # the left/right strips the centre crop drops
+    assert patch_weights(edges, features, 0.875).sum() == 0.0
+    left_half = np.zeros((480, 640), bool)
+    left_half[:, :320] = True
+    w = patch_weights(left_half, features, 0.875)
+    assert np.allclose(w[:, :8], 1.0) and np.allclose(w[:, 8:], 0.0)
+
+
+# ---- network ------------------------------------------------------------------------------------------------
+
+def test_network_shapes_padding_and_normalisation():
+    torch.manual_seed(0)
+    net = GraspPolicyNet(PolicyConfig(vision_dim=8, language_dim=12, d_model=16, heads=2)).eval()
+    rng = np.random.default_rng(0)
+    batch = collate([rng.normal(size=(5, 12)), rng.normal(size=(3, 12))], [rng.normal(size=(64, 8))] * 2,
+                    [rng.normal(size=(4, GEOMETRY_DIM)), rng.normal(size=(2, GEOMETRY_DIM))],
+                    [rng.normal(size=(4, 8)), rng.normal(size=(2, 8))], [np.ones(4), np.ones(2)])
+    logits, targets = net(batch)
+    assert logits.shape == (2, 4) and targets.shape == (2, 4, TARGET_DIM)
+    assert torch.isinf(logits[1, 2:]).all() and torch.isfinite(logits[0]).all()
+    # padding must not change a shorter sample's outputs
+    alone = collate([batch.language[1, :3].numpy()], [batch.vision[1].numpy()], [batch.geometry[1, :2].numpy()],
+                    [batch.pooled[1, :2].numpy()], [np.ones(2)])
+    assert torch.allclose(net(alone)[0][0], logits[1, :2], atol=1e-5)
+    values = torch.as_tensor(rng.normal([0.0, 0.01, -0.02, 0.1, 0.08], [0.01, 0.01, 0.02, 0.3, 0.01],
+                                        size=(50, TARGET_DIM)), dtype=torch.float32)
+    net.fit_statistics(rng.normal(size=(50, GEOMETRY_DIM)), values.numpy())
+    assert torch.allclose(net.denormalise_targets(net.normalise_targets(values)), values, atol=1e-6)
+    assert net.normalise_targets(values).std(0).sub(1).abs().max() < 1e-3
+
+
+def test_config_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="multiple of heads"):
+        PolicyConfig(vision_dim=8, language_dim=8, d_model=30, heads=4)
+    with pytest.raises(ValueError, match="fusion_layers"):
+        PolicyConfig(vision_dim=8, language_dim=8, fusion_layers=0)
+
+
+# ---- training on simulator demonstrations -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demos") / "ds"
+    counts = record(root, scenes=3, first_seed=0)
+    assert counts["frames"] == 3 and counts["episodes"] >= 9
+    return root
+
+
+def test_recorded_demonstrations_name_their_target(demos):
+    ds = Dataset(demos)
+    for e in ds.episodes:
+        frame = ds.frame(e.frame_index)
+        name = frame.objects[e.target_object]
+        assert name == e.extra["target"] and catalogue_object(name).matches(e.instruction)
+        assert frame.mask(e.target_object).sum() > 30
+        assert e.extra["split"] == "train"
+
+
+def test_tiny_policy_overfits_a_few_demonstrations(demos, tiny_models, tmp_path):
+    out = tmp_path / "ck"
+    training = train(str(demos), str(out), tiny_models.features, {"d_model": 32, "feedforward": 64, "dropout": 0.0},
+                     TrainSettings(epochs=60, batch_size=16, learning_rate=3e-3, validation_fraction=0.0))
+    history = training["history"]
+    assert history[-1]["loss"] < 0.25 * history[0]["loss"]
+    net, info = load_checkpoint(out)
+    from dino_vla.policy.train import cached_tokens, evaluate_table
+    from dino_vla.models.features import DinoFeatures
+    from dino_vla.models.text import TextEncoder
+
+    table, _ = cached_tokens(Dataset(demos), tiny_models.features, info.config.view, TextEncoder.load(),
+                             DinoFeatures.load(tiny_models.features))
+    fit = evaluate_table(net, table, torch.arange(len(table)))
+    assert fit["pointer_accuracy"] == 1.0
+    assert fit["position_error_cm"] < 1.0 and fit["width_error_cm"] < 0.5
+
+
+def test_training_resumes_step_for_step(demos, tiny_models, tmp_path):
+    small = {"d_model": 16, "heads": 2, "feedforward": 32}
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    settings = TrainSettings(epochs=2, batch_size=8)
+    train(str(demos), str(straight), tiny_models.features, dict(small), settings)
+    first = train(str(demos), str(resumed), tiny_models.features, dict(small), settings, stop_after_epoch=1)
+    assert [h["epoch"] for h in first["history"]] == [1]
+    second = train(str(demos), str(resumed), tiny_models.features, resume=True)
+    assert [h["epoch"] for h in second["history"]] == [1, 2]
+    a, b = load_checkpoint(straight)[0].state_dict(), load_checkpoint(resumed)[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(CheckpointError, match="not a policy checkpoint"):
+        read_info(tmp_path)
+
+
+# ---- run time -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sim_observation(tiny_models):
+    from dino_vla.models.features import DinoFeatures
+
+    spec, _ = scene_layout(5)
+    with TabletopSim(spec) as sim:
+        sim.settle()
+        frame = sim.render()
+        names, masks = class_agnostic(frame, sim)
+        depth = DepthFrame(frame.depth, sim.intrinsics(), CAMERA_FRAME)
+        features = DinoFeatures.load(tiny_models.features).extract(frame.rgb)
+        return names, Masks(masks, np.ones(len(masks), np.float32)), depth, features, sim.camera_pose()
+
+
+def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation):
+    names, masks, depth, features, camera_pose = sim_observation
+    policy = GraspPolicy.load(random_checkpoint(tmp_path / "ck", tiny_models.features), device="cpu")
+    decision = policy.decide("pick up the cup", features, depth, masks, camera_pose)
+    assert 0 <= decision.object_index < len(names) and 0 < decision.confidence <= 1
+    assert decision.grasp.frame == "base_link" and decision.grasp.phrase == "cup" and decision.grasp.width >= 0
+    # the grasp is near the chosen object: the network only adds an offset to its box
+    assert np.linalg.norm(decision.grasp.position[:2]) < 0.5
+    with pytest.raises(PolicyFailure) as err:
+        policy.decide("dance", features, depth, masks, camera_pose)
+    assert err.value.reason == "bad_instruction"
+    with pytest.raises(PolicyFailure) as err:
+        policy.decide("pick up the cup", features, depth, Masks(masks.masks[:0], masks.scores[:0]), camera_pose)
+    assert err.value.reason == "no_object"
+    wide = Features(features.cls, np.zeros((16, 16, 7), np.float32), 14, (224, 224), features.model)
+    with pytest.raises(PolicyFailure, match="7-d") as err:
+        policy.decide("pick up the cup", wide, depth, masks, camera_pose)
+    assert err.value.reason == "feature_mismatch"
+    other = Features(features.cls, features.patch_tokens, 14, (224, 224), "facebook/dinov2-small")
+    with pytest.raises(PolicyFailure, match="trained on"):
+        policy.decide("pick up the cup", other, depth, masks, camera_pose)
+    no_depth = DepthFrame(np.zeros_like(depth.depth), depth.intrinsics, depth.frame)
+    with pytest.raises(PolicyFailure) as err:
+        policy.decide("pick up the cup", features, no_depth, masks, camera_pose)
+    assert err.value.reason == "no_points"
