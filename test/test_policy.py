@@ -240,3 +240,16 @@ def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation
     with pytest.raises(PolicyFailure) as err:
         policy.decide("pick up the cup", features, no_depth, masks, camera_pose)
     assert err.value.reason == "no_points"
+
+
+def test_shipped_checkpoint_picks_held_out_scenes():
+    """The checkpoint that ships with the package, on held-out seeds and held-out paraphrases, in MuJoCo."""
+    from dino_vla.config import defaults
+    from dino_vla.policy.evaluate import EVAL_FIRST_SEED, evaluate
+    from dino_vla.policy.runner import shipped_checkpoint
+
+    report = evaluate(shipped_checkpoint(), 6, EVAL_FIRST_SEED + 500, defaults("pick"), progress=False)
+    policy = report["overall"]["policy"]
+    assert policy["correct_object_rate"] == 1.0 and policy["success_rate"] >= 5 / 6, report["overall"]
+    assert all(t["instruction"].split()[0] in ("grab", "lift", "pick", "would", "kindly", "please")
+               for t in report["trials"])

@@ -61,8 +61,8 @@ def _write_model_card(out: Path, training: dict) -> None:
         f"- network: {info.config.to_json()}\n"
         f"- last epoch (validation, held-out scenes): {json.dumps(last)}\n"
         f"- training time: {training.get('elapsed_s')} s\n\n"
-        "Made by `dino-vla train`; resumable with `dino-vla train --resume` (training_state.safetensors). "
-        "Success rates are measured by `dino-vla eval`, not here.\n")
+        "Made by `dino-vla train`; `dino-vla train --resume` continues the run while "
+        "training_state.safetensors is beside it. Success rates are measured by `dino-vla eval`, not here.\n")
 
 
 def run_eval(args) -> int:
