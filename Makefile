@@ -47,6 +47,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/dino-vla bench
 	$(VENV)/bin/dino-vla bench-pick
+	$(VENV)/bin/dino-vla eval
 
 clean:
 	rm -rf build build.log out

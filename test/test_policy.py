@@ -253,3 +253,30 @@ def test_shipped_checkpoint_picks_held_out_scenes():
     assert policy["correct_object_rate"] == 1.0 and policy["success_rate"] >= 5 / 6, report["overall"]
     assert all(t["instruction"].split()[0] in ("grab", "lift", "pick", "would", "kindly", "please")
                for t in report["trials"])
+
+
+def test_finetuning_trains_the_backbone_and_ships_it(demos, tiny_models, tmp_path, sim_observation):
+    from safetensors.torch import load_file
+
+    from dino_vla.models.features import DinoFeatures
+
+    out = tmp_path / "tuned"
+    training = train(str(demos), str(out), tiny_models.features, {"d_model": 16, "heads": 2, "feedforward": 32},
+                     TrainSettings(epochs=2, batch_size=8, finetune_backbone=True, backbone_learning_rate=1e-3,
+                                   validation_fraction=0.0))
+    assert training["history"][-1]["epoch"] == 2
+    before = load_file(f"{tiny_models.features}/model.safetensors")
+    after = load_file(str(out / "backbone" / "model.safetensors"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    policy = GraspPolicy.load(str(out), device="cpu")
+    assert policy.backbone == str((out / "backbone").resolve())
+    names, masks, depth, features, camera_pose = sim_observation
+    with pytest.raises(PolicyFailure, match="trained on"):   # the untuned backbone's features are refused
+        policy.decide("pick up the cup", features, depth, masks, camera_pose)
+    tuned = DinoFeatures.load(policy.backbone)
+    spec, _ = scene_layout(5)
+    with TabletopSim(spec) as sim:
+        sim.settle()
+        frame = sim.render()
+    decision = policy.decide("pick up the cup", tuned.extract(frame.rgb), depth, masks, camera_pose)
+    assert decision.grasp.frame == "base_link"

@@ -31,10 +31,13 @@ class DinoFeatures:
     def device(self) -> torch.device:
         return self.model.device
 
+    def preprocess(self, image: np.ndarray) -> torch.Tensor:
+        """(1, 3, H, W) model input of an RGB uint8 image (resize, centre crop, normalise)."""
+        return self.processor(images=Image.fromarray(image), return_tensors="pt")["pixel_values"]
+
     @torch.inference_mode()
     def extract(self, image: np.ndarray) -> Features:
-        pixels = self.processor(images=Image.fromarray(image), return_tensors="pt")["pixel_values"]
-        pixels = pixels.to(self.model.device, self.model.dtype)
+        pixels = self.preprocess(image).to(self.model.device, self.model.dtype)
         hidden = self.model(pixel_values=pixels).last_hidden_state[0].float()
         rows, cols = pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size
         # token 0 is CLS; any register tokens sit between it and the rows*cols patch tokens

@@ -40,11 +40,17 @@ class CheckpointInfo:
 
 
 def save_checkpoint(directory: str | Path, net: GraspPolicyNet, backbone: str, text_encoder: str,
-                    training: dict, optimizer: torch.optim.Optimizer | None = None, step: int = 0) -> Path:
-    """Write (or overwrite) a checkpoint; with `optimizer`, also the state to resume training from."""
+                    training: dict, optimizer: torch.optim.Optimizer | None = None, step: int = 0,
+                    tuned_backbone=None) -> Path:
+    """Write (or overwrite) a checkpoint; with `optimizer`, also the state to resume training from.
+    tuned_backbone: the fine-tuned DINOv2 (a DinoFeatures), saved into backbone/ in place of `backbone`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if Path(backbone).is_dir() and is_random_model(backbone) and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
+    if tuned_backbone is not None:
+        tuned_backbone.model.save_pretrained(directory / BACKBONE_DIR, safe_serialization=True)
+        tuned_backbone.processor.save_pretrained(directory / BACKBONE_DIR)
+        backbone = BACKBONE_DIR
+    elif Path(backbone).is_dir() and is_random_model(backbone) and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
         shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
         shutil.copytree(backbone, directory / BACKBONE_DIR)
         backbone = BACKBONE_DIR

@@ -35,7 +35,8 @@ def run_train(args) -> int:
               f"pretrained semantics. Pass --backbone facebook/dinov2-small (or a local copy) where the "
               f"weights exist.", file=sys.stderr, flush=True)
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
-                             seed=args.seed)
+                             seed=args.seed, finetune_backbone=args.finetune_backbone,
+                             backbone_learning_rate=args.backbone_lr)
     overrides = {k: v for k, v in (("d_model", args.d_model), ("fusion_layers", args.layers)) if v}
     training = train(args.dataset, args.out, backbone, overrides, settings, resume=args.resume,
                      threads=args.threads or 0)
@@ -50,7 +51,8 @@ def _write_model_card(out: Path, training: dict) -> None:
 
     info = read_info(out)
     backbone = info.backbone
-    kind = ("RANDOM-WEIGHT tiny DINOv2 (stored in backbone/)" if is_random_model(backbone) else backbone)
+    kind = ("RANDOM-WEIGHT tiny DINOv2 (stored in backbone/)" if is_random_model(backbone) else
+            f"{backbone} (fine-tuned by this run)" if training["settings"].get("finetune_backbone") else backbone)
     last = training["history"][-1] if training["history"] else {}
     (out / "README.md").write_text(
         "# dino_vla grasp policy checkpoint\n\n"

@@ -145,7 +145,11 @@ def report_lines(report: dict) -> list[str]:
                      f"{b['success_rate']:8.1%} {b['correct_object_rate']:8.1%} {b['wrong_object_rate']:6.1%} "
                      f"{b['median_decision_ms'] or 0:6.1f}")
     o = report["overall"]
-    lines.append(f"failures: policy {o['policy']['failures']}, baseline {o['baseline']['failures']}")
+    p, b = o["policy"], o["baseline"]
+    if b["success_rate"] and b["median_decision_ms"] and p["median_decision_ms"]:
+        lines.append(f"policy / baseline: success x{p['success_rate'] / b['success_rate']:.3f}, time per decision "
+                     f"x{p['median_decision_ms'] / b['median_decision_ms']:.1f} (policy time includes DINOv2 features)")
+    lines.append(f"failures: policy {p['failures']}, baseline {b['failures']}")
     return lines
 
 

@@ -41,6 +41,7 @@ class ObjectTokens:
     pooled: np.ndarray        # (N, D) float32 mask-pooled patch features (zeros where the crop misses it)
     coverage: np.ndarray      # (N,) float32 fraction of a patch the mask covers, summed over the grid
     anchors: np.ndarray       # (N, 4) float64 box centre xyz + footprint long-side yaw, base frame
+    patch_weights: np.ndarray  # (N, rows, cols) float32 what `pooled` averaged with (for fine-tuning)
     kept: tuple[int, ...]     # instance index of each row
     skipped: dict[int, str]   # instance index -> why it has no token
 
@@ -78,7 +79,7 @@ def object_tokens(features: Features, depth: np.ndarray, intrinsics: CameraIntri
         raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {camera_frame!r}")
     patches = np.asarray(features.patch_tokens, np.float32)
     h, w = depth.shape
-    geometry, pooled, coverage, anchors, kept, skipped = [], [], [], [], [], {}
+    geometry, pooled, coverage, anchors, all_weights, kept, skipped = [], [], [], [], [], [], {}
     for i, mask in enumerate(masks):
         try:
             obj = localise(depth, mask, intrinsics, camera_frame, "object", 1.0, view.localiser)
@@ -100,12 +101,14 @@ def object_tokens(features: Features, depth: np.ndarray, intrinsics: CameraIntri
         pooled.append(np.tensordot(weights, patches, axes=([0, 1], [0, 1])) / total if total > 1e-6
                       else np.zeros(patches.shape[-1], np.float32))
         coverage.append(total)
+        all_weights.append(weights)
         anchors.append([*centre, yaw])
         kept.append(i)
     dim = patches.shape[-1]
     return ObjectTokens(np.asarray(geometry, np.float32).reshape(-1, GEOMETRY_DIM),
                         np.asarray(pooled, np.float32).reshape(-1, dim), np.asarray(coverage, np.float32),
-                        np.asarray(anchors, np.float64).reshape(-1, 4), tuple(kept), skipped)
+                        np.asarray(anchors, np.float64).reshape(-1, 4),
+                        np.asarray(all_weights, np.float32).reshape(-1, *patches.shape[:2]), tuple(kept), skipped)
 
 
 def fold_angle(angle: float, symmetry: int) -> float:

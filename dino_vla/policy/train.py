@@ -50,6 +50,9 @@ class TokenTable:
     episode_task: torch.Tensor    # (E,)
     episode_row: torch.Tensor     # (E,) the target's row among its frame's object tokens
     episode_target: torch.Tensor  # (E, 5) dx, dy, dz, dyaw, opening
+    # kept only to fine-tune the backbone: its input images and each object token's patch weights
+    pixels: torch.Tensor | None = None         # (F, 3, H, W) float16, preprocessed
+    patch_weights: torch.Tensor | None = None  # (sum N_f, rows, cols)
 
     def __len__(self) -> int:
         return len(self.episode_frame)
@@ -57,20 +60,43 @@ class TokenTable:
     def objects(self, frame: int) -> slice:
         return slice(int(self.object_offsets[frame]), int(self.object_offsets[frame + 1]))
 
-    def batch(self, episodes: torch.Tensor) -> tuple[Batch, torch.Tensor, torch.Tensor]:
-        """(inputs, target rows, targets) of the given episode indices."""
+    def batch(self, episodes: torch.Tensor, backbone: DinoFeatures | None = None
+              ) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+        """(inputs, target rows, targets) of the given episode indices. With `backbone` (fine-tuning), the
+        vision and pooled object tokens are recomputed through it, differentiably."""
         frames, tasks = self.episode_frame[episodes], self.episode_task[episodes]
         lang = [self.language[int(self.language_offsets[t]):int(self.language_offsets[t + 1])].numpy() for t in tasks]
         parts = [self.objects(int(f)) for f in frames]
         batch = collate(lang, [self.vision[f].numpy() for f in frames], [self.geometry[s].numpy() for s in parts],
                         [self.pooled[s].numpy() for s in parts], [self.coverage[s].numpy() for s in parts])
+        if backbone is not None:
+            batch.vision, batch.pooled = self._tuned_tokens(backbone, frames, parts, batch)
         return batch, self.episode_row[episodes], self.episode_target[episodes]
+
+    def _tuned_tokens(self, backbone: DinoFeatures, frames: torch.Tensor, parts: list[slice], batch: Batch):
+        pixels = self.pixels[frames].to(backbone.model.dtype)
+        hidden = backbone.model(pixel_values=pixels).last_hidden_state
+        rows, cols = self.patch_weights.shape[1:]
+        patches = hidden[:, -rows * cols:].reshape(len(frames), rows, cols, -1)
+        grid = int(round(batch.vision.shape[1] ** 0.5))
+        # area averaging, as vision_tokens does with cv2 at run time
+        vision = torch.nn.functional.adaptive_avg_pool2d(patches.permute(0, 3, 1, 2), grid)
+        vision = vision.flatten(2).transpose(1, 2)
+        pooled = torch.zeros_like(batch.pooled)
+        for i, part in enumerate(parts):
+            weights = self.patch_weights[part]
+            totals = weights.sum((1, 2))
+            tokens = torch.einsum("nrc,rcd->nd", weights, patches[i]) / totals.clamp_min(1e-6).unsqueeze(1)
+            pooled[i, :len(weights)] = torch.where((totals > 1e-6).unsqueeze(1), tokens, 0.0)
+        return vision, pooled
 
 
 def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, view: ViewSettings,
-                 progress: bool = True) -> tuple[TokenTable, dict]:
-    """Tokens of every frame and episode; episodes whose target has no object token are dropped (counted)."""
+                 progress: bool = True, for_finetuning: bool = False) -> tuple[TokenTable, dict]:
+    """Tokens of every frame and episode; episodes whose target has no object token are dropped (counted).
+    for_finetuning also keeps the preprocessed images and the objects' patch weights."""
     vision, geometry, pooled, coverage, offsets, rows_of = [], [], [], [], [0], {}
+    pixels, weights = [], []
     anchors = {}
     for index, frame in tqdm(dataset.frames(), total=dataset.num_frames, desc="tokens", unit="frame",
                              file=sys.stderr, disable=not progress):
@@ -80,6 +106,9 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         objects = object_tokens(feats, frame.depth_m, frame.intrinsics, frame.camera_to_base.child, masks,
                                 frame.camera_to_base, view)
         vision.append(vision_tokens(feats, view.vision_grid))
+        if for_finetuning:
+            pixels.append(features.preprocess(frame.rgb)[0].half())
+            weights.append(objects.patch_weights)
         geometry.append(objects.geometry)
         pooled.append(objects.pooled)
         coverage.append(objects.coverage)
@@ -106,14 +135,17 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         torch.as_tensor(offsets), torch.as_tensor(np.concatenate(language)),
         torch.as_tensor(np.cumsum([0] + [len(t) for t in language])),
         torch.as_tensor([k[0] for k in kept]), torch.as_tensor([k[1] for k in kept]),
-        torch.as_tensor([k[2] for k in kept]), torch.as_tensor(np.stack([k[3] for k in kept])))
+        torch.as_tensor([k[2] for k in kept]), torch.as_tensor(np.stack([k[3] for k in kept])),
+        torch.stack(pixels) if for_finetuning else None,
+        torch.as_tensor(np.concatenate(weights)) if for_finetuning else None)
     return table, {"episodes": len(dataset), "used": len(kept), "dropped_no_target_token": dropped}
 
 
 def cached_tokens(dataset: Dataset, backbone: str, view: ViewSettings, text: TextEncoder,
-                  features: DinoFeatures) -> tuple[TokenTable, dict]:
+                  features: DinoFeatures, for_finetuning: bool = False) -> tuple[TokenTable, dict]:
     key = hashlib.sha256(json.dumps([str(Path(backbone).resolve()) if Path(backbone).exists() else backbone,
-                                     text.name, asdict(view), len(dataset), dataset.num_frames]).encode()
+                                     text.name, asdict(view), len(dataset), dataset.num_frames,
+                                     for_finetuning]).encode()
                          ).hexdigest()[:16]
     path = dataset.root / "cache" / f"tokens-{key}.safetensors"
     if path.is_file():
@@ -122,9 +154,10 @@ def cached_tokens(dataset: Dataset, backbone: str, view: ViewSettings, text: Tex
         with safe_open(str(path), "pt") as f:
             stats = json.loads(f.metadata()["stats"])
         return TokenTable(**load_file(str(path))), stats
-    table, stats = build_tokens(dataset, features, text, view)
+    table, stats = build_tokens(dataset, features, text, view, for_finetuning=for_finetuning)
     path.parent.mkdir(exist_ok=True)
-    save_file({k: v.contiguous() for k, v in asdict(table).items()}, str(path), metadata={"stats": json.dumps(stats)})
+    save_file({k: v.contiguous() for k, v in asdict(table).items() if v is not None}, str(path),
+              metadata={"stats": json.dumps(stats)})
     return table, stats
 
 
@@ -137,8 +170,9 @@ def split_by_frame(table: TokenTable, validation_fraction: float, seed: int) -> 
     return torch.nonzero(~is_val)[:, 0], torch.nonzero(is_val)[:, 0]
 
 
-def losses(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    batch, rows, targets = table.batch(episodes)
+def losses(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor, backbone: DinoFeatures | None = None
+           ) -> tuple[torch.Tensor, dict]:
+    batch, rows, targets = table.batch(episodes, backbone)
     logits, predicted = net(batch)
     pointer = torch.nn.functional.cross_entropy(logits, rows)
     chosen = predicted[torch.arange(len(rows)), rows]
@@ -153,12 +187,13 @@ def losses(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor) -> tu
 
 
 @torch.no_grad()
-def evaluate_table(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor, batch_size: int = 256) -> dict:
+def evaluate_table(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor, batch_size: int = 256,
+                   backbone: DinoFeatures | None = None) -> dict:
     net.eval()
     totals: dict[str, float] = {}
     for start in range(0, len(episodes), batch_size):
         chunk = episodes[start:start + batch_size]
-        _, metrics = losses(net, table, chunk)
+        _, metrics = losses(net, table, chunk, backbone)
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + v * len(chunk)
     net.train()
@@ -173,6 +208,17 @@ class TrainSettings:
     weight_decay: float = 1e-4
     seed: int = 0
     validation_fraction: float = 0.1
+    finetune_backbone: bool = False    # False: DINOv2 frozen, its tokens cached once
+    backbone_learning_rate: float = 1e-5
+
+
+def _optimizer(net: GraspPolicyNet, backbone: DinoFeatures | None, settings: TrainSettings) -> torch.optim.AdamW:
+    groups = [{"params": list(net.parameters()), "lr": settings.learning_rate, "initial_lr": settings.learning_rate}]
+    if backbone is not None:
+        backbone.model.train()
+        groups.append({"params": list(backbone.model.parameters()), "lr": settings.backbone_learning_rate,
+                       "initial_lr": settings.backbone_learning_rate})
+    return torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
 
 
 def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | None = None,
@@ -194,18 +240,19 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
         view = ViewSettings(**{**(config_overrides or {}).pop("view", {}), "crop_fraction": crop_fraction(features)})
         config = PolicyConfig(vision_dim=int(features.model.config.hidden_size), language_dim=text.dim, view=view,
                               **(config_overrides or {}))
-    table, stats = cached_tokens(dataset, backbone, config.view, text, features)
+    tuned = features if settings.finetune_backbone else None
+    table, stats = cached_tokens(dataset, backbone, config.view, text, features, for_finetuning=tuned is not None)
     train_eps, val_eps = split_by_frame(table, settings.validation_fraction, settings.seed)
     torch.manual_seed(settings.seed)
     net = GraspPolicyNet(config)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    optimizer = _optimizer(net, tuned, settings)
     steps_per_epoch = (len(train_eps) + settings.batch_size - 1) // settings.batch_size
     total_steps = settings.epochs * steps_per_epoch
     step = 0
     if resume:
         net, _ = load_checkpoint(out)
         net.train()
-        optimizer = torch.optim.AdamW(net.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        optimizer = _optimizer(net, tuned, settings)
         step = load_training_state(out, optimizer)
     else:
         net.fit_statistics(table.geometry.numpy(), table.episode_target[train_eps].numpy())
@@ -220,20 +267,21 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
         epoch, offset = divmod(step, steps_per_epoch)
         order = train_eps[torch.randperm(len(train_eps), generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))]
         for b in range(offset, steps_per_epoch):
-            loss, metrics = losses(net, table, order[b * settings.batch_size:(b + 1) * settings.batch_size])
+            loss, metrics = losses(net, table, order[b * settings.batch_size:(b + 1) * settings.batch_size], tuned)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            for group in optimizer.param_groups:   # cosine decay, a function of the step alone (resumable)
-                group["lr"] = settings.learning_rate * 0.5 * (1 + np.cos(np.pi * step / total_steps))
+            decay = 0.5 * (1 + np.cos(np.pi * step / total_steps))  # a function of the step alone: resumable
+            for group in optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * decay
             optimizer.step()
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['pointer_accuracy']:.2f}")
-        validation = evaluate_table(net, table, val_eps) if len(val_eps) else {}
+        validation = evaluate_table(net, table, val_eps, backbone=tuned) if len(val_eps) else {}
         training["history"].append({"epoch": epoch + 1, "step": step, "loss": round(loss.item(), 4), **validation})
         training["elapsed_s"] = round(time.perf_counter() - started, 1)
-        save_checkpoint(out, net, backbone, text_model, training, optimizer, step)
+        save_checkpoint(out, net, backbone, text_model, training, optimizer, step, tuned_backbone=tuned)
         bar.write(f"epoch {epoch + 1}/{settings.epochs}: loss {loss.item():.4f}, validation {validation}")
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch:
             break
