@@ -234,7 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models: Grounding DINO + SAM nodes; ground-truth: the simulator's segmentation; "
                         "auto: models when their pretrained weights can be had")
     p.add_argument("--config", action="append", help="params file (repeatable, later override earlier; "
-                                                     "default: config/perception.yaml, pick.yaml, sim.yaml)")
+                                                     "default: config/perception.yaml, pick.yaml, policy.yaml, sim.yaml)")
+    p.add_argument("--grasp-source", choices=("planner", "policy"), default="planner",
+                   help="planner: the geometric grasp planner; policy: the VLA policy node (config/policy.yaml's "
+                        "checkpoint, default the shipped one) on DINOv2 features and class-agnostic masks")
     p.add_argument("--device", help="torch device of the model nodes (auto, cpu, cuda, cuda:N)")
     p.add_argument("--dds-profile", help="Fast DDS profile (default: config/fastdds_loopback.xml)")
     p.set_defaults(func=cmd_sim_pick)

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from dino_vla.graph import GRASP_SOURCES
 from dino_vla.models import detector, features, segmenter
 
 
@@ -62,17 +63,21 @@ _RELIABILITY = ParamSpec("reliability", "best_effort", "QoS reliability of the c
 CAMERA_POSE_IN_BASE = (0.55, 0.0, 0.95, -0.653281, -0.653281, 0.270598, 0.270598)
 
 
+_DEVICE = ParamSpec("device", "auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N",
+                    pattern=r"auto|cpu|cuda(:\d+)?", read_only=True)
+_TORCH_THREADS = ParamSpec("torch_threads", 0, "CPU threads this node's torch may use; 0 = torch's default (all "
+                           "cores). Set it when several model nodes share one CPU, or they slow each other down",
+                           range=(0, 256), read_only=True)
+
+
 def _common(default_model: str) -> tuple[ParamSpec, ...]:
     return (
         ParamSpec("model", default_model, "Hugging Face hub id or local directory (save_pretrained, "
                   "safetensors) of the model; loaded at start-up", pattern=r"\S(.*\S)?", read_only=True),
-        ParamSpec("device", "auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N",
-                  pattern=r"auto|cpu|cuda(:\d+)?", read_only=True),
+        _DEVICE,
         ParamSpec("dtype", "auto", "weights/activations dtype; auto = float16 on CUDA, float32 on CPU",
                   choices=("auto", "float32", "float16", "bfloat16"), read_only=True),
-        ParamSpec("torch_threads", 0, "CPU threads this node's torch may use; 0 = torch's default (all "
-                  "cores). Set it when several model nodes share one CPU, or they slow each other down",
-                  range=(0, 256), read_only=True),
+        _TORCH_THREADS,
         _RELIABILITY,
         ParamSpec("publish_debug_image", True, "publish an annotated image on ~/debug_image"),
     )
@@ -97,8 +102,9 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
 }
 
 
-def _localisation() -> tuple[ParamSpec, ...]:
-    """What every node that turns masks + depth into 3D objects needs (localiser and pick)."""
+def _camera_inputs() -> tuple[ParamSpec, ...]:
+    """What every node that takes masks + aligned depth + CameraInfo and the camera's pose needs
+    (localiser, pick, policy, recorder)."""
     return (
         ParamSpec("target_frame", "base_link", "frame the 3D objects and grasps are expressed in",
                   pattern=r"[A-Za-z_][\w/]*", read_only=True),
@@ -107,6 +113,17 @@ def _localisation() -> tuple[ParamSpec, ...]:
                   read_only=True),
         ParamSpec("use_tf", False, "look the camera pose up with tf2 (real ROS 2 sites with tf2_ros) "
                   "instead of camera_pose_in_target", read_only=True),
+        ParamSpec("sync_slop_s", 0.02, "depth, CameraInfo and masks are matched when their stamps lie "
+                  "within this many seconds", range=(0.0, 1.0), read_only=True),
+        ParamSpec("sync_queue_size", 30, "messages kept per input while waiting for a match; must cover "
+                  "camera rate x segmentation latency", range=(1, 1000), read_only=True),
+        _RELIABILITY,
+    )
+
+
+def _localisation() -> tuple[ParamSpec, ...]:
+    """What every node that turns masks + depth into 3D objects needs (localiser, pick, recorder)."""
+    return _camera_inputs() + (
         ParamSpec("depth_min_m", 0.1, "nearer depth is invalid", range=(0.0, 10.0)),
         ParamSpec("depth_max_m", 3.0, "farther depth is invalid", range=(0.01, 20.0)),
         ParamSpec("min_points", 30, "fewer valid points in a mask: no 3D object", range=(1, 100000)),
@@ -114,11 +131,16 @@ def _localisation() -> tuple[ParamSpec, ...]:
                   range=(1, 200)),
         ParamSpec("outlier_std_ratio", 2.0, "statistical outlier removal: std-dev multiple kept",
                   range=(0.1, 10.0)),
-        ParamSpec("sync_slop_s", 0.02, "depth, CameraInfo and masks are matched when their stamps lie "
-                  "within this many seconds", range=(0.0, 1.0), read_only=True),
-        ParamSpec("sync_queue_size", 30, "messages kept per input while waiting for a match; must cover "
-                  "camera rate x segmentation latency", range=(1, 1000), read_only=True),
-        _RELIABILITY,
+    )
+
+
+def _cell() -> tuple[ParamSpec, ...]:
+    """The robot cell: where the arm may go and the table it must stay above (pick and policy)."""
+    return (
+        ParamSpec("workspace_min", (-0.45, -0.35, 0.35), "reachable box in target_frame: x, y, z minimum (m)"),
+        ParamSpec("workspace_max", (0.45, 0.35, 0.9), "reachable box in target_frame: x, y, z maximum (m)"),
+        ParamSpec("table_height_m", 0.40, "support surface height in target_frame; fingers stay above it",
+                  range=(-5.0, 5.0)),
     )
 
 
@@ -135,12 +157,14 @@ NODE_PARAMS.update({
         ParamSpec("gripper_finger_length_m", 0.05, "how far the fingers reach below the tool centre point",
                   range=(0.005, 0.5)),
         ParamSpec("gripper_clearance_m", 0.01, "added to the object's width when opening", range=(0.0, 0.1)),
-        ParamSpec("workspace_min", (-0.45, -0.35, 0.35), "reachable box in target_frame: x, y, z minimum (m)"),
-        ParamSpec("workspace_max", (0.45, 0.35, 0.9), "reachable box in target_frame: x, y, z maximum (m)"),
-        ParamSpec("table_height_m", 0.40, "support surface height in target_frame; fingers stay above it",
-                  range=(-5.0, 5.0)),
-        ParamSpec("perception_timeout_s", 15.0, "a pick fails with `timeout` when no masks + depth newer "
-                  "than the goal arrive in this time", range=(0.1, 600.0)),
+    ) + _cell() + (
+        ParamSpec("grasp_source", "planner", "where a pick's grasp comes from: planner (the geometric "
+                  "planner on the instruction target's mask + depth) or policy (the newest grasp on "
+                  "`policy/grasp` made for the goal's instruction after the goal started)",
+                  choices=GRASP_SOURCES, read_only=True),
+        ParamSpec("perception_timeout_s", 15.0, "a pick fails with `timeout` when no masks + depth (or, "
+                  "with grasp_source policy, no policy grasp) newer than the goal arrive in this time",
+                  range=(0.1, 600.0)),
         ParamSpec("execution_timeout_s", 30.0, "a pick fails with `timeout` when the executor does not "
                   "report an outcome in this time", range=(0.1, 600.0)),
     ),
@@ -157,10 +181,46 @@ NODE_PARAMS.update({
                   read_only=True),
         ParamSpec("base_frame", "base_link", "frame of ground truth and of accepted grasp commands",
                   read_only=True),
-        ParamSpec("ground_truth_masks", True, "publish the simulator's segmentation of the instruction's "
-                  "objects on `masks` (a labelled stand-in for Grounding DINO + SAM)"),
+        ParamSpec("ground_truth_masks", True, "publish the simulator's segmentation on `masks` (a labelled "
+                  "stand-in for Grounding DINO + SAM; which objects: masks_scope)"),
+        ParamSpec("masks_scope", "instruction", "with ground_truth_masks, which objects `masks` holds: "
+                  "instruction (the objects the instruction names, labelled with its phrases) or all_objects "
+                  "(every visible object, each labelled `object`: the class-agnostic masks the policy takes)",
+                  choices=("instruction", "all_objects")),
         ParamSpec("lift_m", 0.15, "how far a grasp lifts; success = the object rose 80 % of this",
                   range=(0.02, 0.5)),
+    ),
+    "policy": _camera_inputs() + _cell() + (
+        ParamSpec("checkpoint", "shipped", "policy checkpoint directory, or `shipped` for the one in the package "
+                  "(dino_vla/policy/checkpoints/sim-tiny); loaded at start-up", pattern=r"\S(.*\S)?",
+                  read_only=True),
+        _DEVICE,
+        _TORCH_THREADS,
+        ParamSpec("instruction", "", "what to pick; changeable at run time here or on the `instruction` topic "
+                  "(each new one is a new task); empty: wait for one"),
+        ParamSpec("rate_hz", 2.0, "decisions and setpoints per second", range=(0.1, 100.0), read_only=True),
+        ParamSpec("max_input_age_s", 1.0, "watchdog: nothing but a `stale` status is published while the "
+                  "newest features + masks + depth pair was received longer ago than this", range=(0.05, 60.0)),
+        ParamSpec("dry_run", True, "grasps go out marked dry_run and nothing is sent on `grasp_command`; false: "
+                  "the first decision for each new instruction is also sent once on `grasp_command` (the "
+                  "executor's topic). Leave it true where a pick node executes the policy's grasps"),
+        ParamSpec("max_opening_m", 0.12, "widest gripper opening commanded", range=(0.001, 0.5)),
+        ParamSpec("max_speed_mps", 0.25, "the setpoint on `policy/grasp_pose` moves at most this fast between "
+                  "two publications", range=(0.001, 10.0)),
+        ParamSpec("max_yaw_rate_rps", 1.0, "the setpoint on `policy/grasp_pose` turns at most this fast (yaw "
+                  "modulo pi: the gripper is symmetric)", range=(0.001, 50.0)),
+    ),
+    "recorder": _localisation() + (
+        ParamSpec("output_dir", "", "dataset directory (required): dino_vla.policy.dataset format",
+                  read_only=True),
+        ParamSpec("append", False, "add to the dataset already in output_dir; otherwise an existing dataset "
+                  "there is an error", read_only=True),
+        ParamSpec("record_dry_run", False, "also record commands marked dry_run (nothing moved: their "
+                  "episodes have success unknown)"),
+        ParamSpec("outcome_timeout_s", 30.0, "an episode whose grasp_outcome has not come in this time is "
+                  "recorded with success unknown", range=(0.1, 3600.0)),
+        ParamSpec("frame_history", 30, "matched image + depth + masks sets kept to find the one a command "
+                  "was planned from", range=(1, 1000), read_only=True),
     ),
 })
 
@@ -204,6 +264,15 @@ def load_config(*paths: str | Path) -> dict[str, dict[str, Any]]:
             validate_params(node, merged, f"{path.name}: {key}")
             found[node] = merged
     return {node: validate_params(node, found.get(node, {}), node) for node in NODE_PARAMS}
+
+
+def policy_checkpoint(value: str) -> str:
+    """The policy node's `checkpoint` parameter as a directory: `shipped` is the one in the package."""
+    if value != "shipped":
+        return value
+    from dino_vla.policy.runner import shipped_checkpoint
+
+    return shipped_checkpoint()
 
 
 def config_dir() -> Path:

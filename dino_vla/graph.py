@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,46 @@ SEGMENTER = NodeSpec("segmenter", "segmenter_node", "dino_vla.ros.segmenter_node
 LOCALISER = NodeSpec("localiser", "localiser_node", "dino_vla.ros.localiser_node", ("depth", "camera_info"))
 PICK = NodeSpec("pick", "pick_node", "dino_vla.ros.pick_node", ("depth", "camera_info"))
 SIM = NodeSpec("sim", "sim_node", "dino_vla.ros.sim_node", ("image", "depth", "camera_info"))
-ALL_NODES = (FEATURES, DETECTOR, SEGMENTER, LOCALISER, PICK, SIM)
+POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("depth", "camera_info"))
+RECORDER = NodeSpec("recorder", "recorder_node", "dino_vla.ros.recorder_node", ("image", "depth", "camera_info"))
+ALL_NODES = (FEATURES, DETECTOR, SEGMENTER, LOCALISER, PICK, SIM, POLICY, RECORDER)
 
 PERCEPTION_GRAPH = (FEATURES, DETECTOR, SEGMENTER)
+GRASP_SOURCES = ("planner", "policy")   # where the pick node's grasps come from
 
 
-def pick_graph(simulated: bool, model_perception: bool) -> tuple[NodeSpec, ...]:
+def pick_graph(simulated: bool, model_perception: bool, grasp_source: str = "planner") -> tuple[NodeSpec, ...]:
     """Detector + segmenter produce the masks, or (simulation without weights) the simulator's ground
-    truth stands in for them."""
+    truth stands in for them. grasp_source policy adds the DINOv2 features and the policy node, whose
+    grasps the pick node then executes (start it with pick_graph_params)."""
     if not (model_perception or simulated):
         raise ValueError("without the detector and segmenter only the simulator can provide masks")
+    if grasp_source not in GRASP_SOURCES:
+        raise ValueError(f"grasp_source must be one of {', '.join(GRASP_SOURCES)}, got {grasp_source!r}")
+    policy = grasp_source == "policy"
     return (((SIM,) if simulated else ()) + ((DETECTOR, SEGMENTER) if model_perception else ())
-            + (LOCALISER, PICK))
+            + ((FEATURES,) if policy else ()) + (LOCALISER,) + ((POLICY,) if policy else ()) + (PICK,))
+
+
+def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str = "planner",
+                      params_files: Sequence[str] = (), checkpoint: str | None = None) -> dict[str, dict[str, Any]]:
+    """What the nodes of pick_graph(...) need on top of the params files to work together: the simulator's
+    masks stand in for the detector + segmenter when those do not run; with the policy, the pick node takes
+    the policy's grasps (the policy node stays dry-run, so only the pick node commands the arm), the
+    simulator's masks hold every visible object, and the features node loads the DINOv2 weights the
+    policy's checkpoint was trained on: `checkpoint`, else the one params_files name (default `shipped`)."""
+    pick_graph(simulated, model_perception, grasp_source)   # the same checks
+    out: dict[str, dict[str, Any]] = {"sim": {"ground_truth_masks": not model_perception}} if simulated else {}
+    if grasp_source == "policy":
+        from dino_vla.config import load_config, policy_checkpoint
+        from dino_vla.policy.checkpoint import read_info
+
+        checkpoint = checkpoint or load_config(*params_files)["policy"]["checkpoint"]
+        out.update(features={"model": read_info(policy_checkpoint(checkpoint)).backbone},
+                   pick={"grasp_source": "policy"}, policy={"dry_run": True, "checkpoint": checkpoint})
+        if simulated:
+            out["sim"]["masks_scope"] = "all_objects"
+    return out
 
 
 def parameter_overrides(spec: NodeSpec, instruction: str | None = None, device: str | None = None,
@@ -52,7 +80,7 @@ def parameter_overrides(spec: NodeSpec, instruction: str | None = None, device: 
     out: dict[str, Any] = {}
     if instruction and spec in (DETECTOR, PICK):
         out["instruction"] = instruction
-    if device and spec in PERCEPTION_GRAPH:
+    if device and spec in PERCEPTION_GRAPH + (POLICY,):
         out["device"] = device
     if models and models.get(spec.name):
         out["model"] = models[spec.name]

@@ -19,6 +19,9 @@ FAILURE_REASONS = ("bad_instruction", "timeout", "no_object", "no_points", "too_
                    "dry_run", "cancelled", "internal_error")
 
 
+PLANNER_SOURCE = "geometric planner"   # GraspCommand.source of the planner's grasps
+
+
 class PickFailure(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)

@@ -162,9 +162,10 @@ def yaw_error(a, b) -> float:
 def test_grasp_round_trip(dry_run):
     for yaw in YAWS:
         grasp = make_grasp(yaw)
-        msg = grasp_to_msg(header("base_link"), grasp, dry_run)
+        msg = grasp_to_msg(header("base_link"), grasp, dry_run, instruction="grab the red cup", source="policy x")
         assert isinstance(msg, GraspCommand)
         assert msg.command == GraspCommand.GRASP and msg.dry_run is dry_run
+        assert (msg.instruction, msg.source, msg.object_class) == ("grab the red cup", "policy x", "red cup")
         assert msg.header.frame_id == "base_link" and msg.header.stamp.sec == 12
         back = grasp_from_msg(msg)
         assert yaw_error(back.yaw, yaw) < 1e-9, (yaw, back.yaw)

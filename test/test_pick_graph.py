@@ -15,11 +15,12 @@ from visualization_msgs.msg import MarkerArray
 from dino_vla.config import config_dir
 from dino_vla.dds import udp_sockets
 from dino_vla.graph import PICK, pick_graph
-from dino_vla.msg import DetectionArray
+from dino_vla.msg import DetectionArray, SegmentationMasks
+from dino_vla.ros.conversions import image_to_numpy
 from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.messages import cloud_from_msg, stamp_ns
 from dino_vla.ros.pick_client import PickClient
-from dino_vla.sim.stand_in import SOURCE
+from dino_vla.sim.stand_in import OBJECT, SOURCE
 
 CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "sim.yaml")]
 SEED = 3
@@ -46,11 +47,12 @@ def graph(dds_env, tmp_path_factory):
     log.close()
 
 
-def _set_parameter(client: PickClient, node: str, name: str, value: bool) -> None:
+def _set_parameter(client: PickClient, node: str, name: str, value: bool | str) -> None:
     service = client.node.create_client(SetParameters, f"/{node}/set_parameters")
     assert client.spin_until(service.service_is_ready, 10)
-    future = service.call_async(SetParameters.Request(parameters=[Parameter(
-        name=name, value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value))]))
+    typed = (ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value) if isinstance(value, bool) else
+             ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
+    future = service.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=typed)]))
     assert client.spin_until(future.done, 10) and future.result().results[0].successful
 
 
@@ -122,6 +124,30 @@ def test_a_pick_without_perception_times_out(graph, dds_env, tmp_path):
         lonely.stop()
     assert record.result.failure_reason == "timeout" and "1.5 s" in record.result.message
     assert 1.4 < record.result.elapsed_s < 5.0
+
+
+def test_class_agnostic_masks_hold_every_visible_object(graph):
+    """masks_scope all_objects (what the policy takes): every object of the simulator's segmentation, each
+    labelled `object`, whatever the instruction names."""
+    _, client, _, _ = graph
+    masks, segmentation = {}, {}
+    client.node.create_subscription(SegmentationMasks, "/masks", lambda m: masks.__setitem__(stamp_ns(m.header), m), 10)
+    client.node.create_subscription(SegmentationMasks, "/sim/segmentation",
+                                    lambda m: segmentation.__setitem__(stamp_ns(m.header), m), 10)
+    _set_parameter(client, "sim", "masks_scope", "all_objects")
+    try:
+        def paired():
+            return [(m, segmentation[t]) for t, m in masks.items()
+                    if t in segmentation and m.detections and all(d.class_id == OBJECT for d in m.detections)]
+        assert client.spin_until(paired, 10), "no class-agnostic masks"
+        m, truth = paired()[-1]
+        assert m.source == SOURCE and m.instruction == "pick up the cup"
+        assert len(m.detections) == len(truth.detections) > 2   # the cup and its distractors
+        np.testing.assert_array_equal(image_to_numpy(m.labels), image_to_numpy(truth.labels))
+    finally:
+        _set_parameter(client, "sim", "masks_scope", "instruction")
+    masks.clear()
+    assert client.spin_until(lambda: any(d.class_id == "cup" for m in list(masks.values()) for d in m.detections), 10)
 
 
 def test_dds_sockets_stay_on_loopback(graph):

@@ -259,7 +259,7 @@ def test_shipped_config_is_valid():
     returns (values are not hard-coded here: the files are meant to be edited)."""
     import yaml
 
-    files = [SHIPPED_CONFIG, REPO / "config" / "pick.yaml", REPO / "config" / "sim.yaml"]
+    files = [SHIPPED_CONFIG, *(REPO / "config" / name for name in ("pick.yaml", "policy.yaml", "sim.yaml"))]
     params = load_config(*files)
     assert set(params) == set(config.NODE_PARAMS)
     sections: dict = {}

@@ -68,6 +68,11 @@ class Workspace:
     def finger_floor_m(self) -> float:
         return self.table_height_m + self.table_margin_m
 
+    def outside(self, point: np.ndarray) -> list[str]:
+        """What puts `point` (in `frame`) outside the box, one entry per axis; empty when inside."""
+        return [f"{axis} {c:.3f} not in [{lo}, {hi}]"
+                for axis, c, lo, hi in zip("xyz", point, self.min_xyz, self.max_xyz) if not lo <= c <= hi]
+
 
 # footprints with long side <= this x narrow side are treated as round
 ROUND_RATIO = 1.4
@@ -100,9 +105,7 @@ class GraspPlanner:
         if n < self.min_points:
             raise GraspRefused("too_few_points", f"{name} has {n} points, the planner needs {self.min_points}")
         points = np.asarray(obj.points, np.float64)
-        low, high = np.asarray(workspace.min_xyz), np.asarray(workspace.max_xyz)
-        outside = [f"{axis} {c:.3f} not in [{lo}, {hi}]"
-                   for axis, c, lo, hi in zip("xyz", gravity_aligned_box(points)[0], low, high) if not lo <= c <= hi]
+        outside = workspace.outside(gravity_aligned_box(points)[0])
         if outside:
             raise GraspRefused("outside_workspace", f"{name} centre is outside the workspace: {', '.join(outside)}")
         # points this close to the table are the table itself (a mask bleeding past the object's base)

@@ -1,6 +1,6 @@
-"""What the localiser and pick nodes share: aligned depth, CameraInfo and masks matched by stamp (the
-package's ApproximateTimeSync; message_filters is not installable everywhere) and the camera's pose in
-the target frame (static extrinsic parameter, or tf2 where it is importable and asked for)."""
+"""What the localiser, pick, policy and recorder nodes share: aligned depth, CameraInfo and masks matched
+by stamp (the package's ApproximateTimeSync; message_filters is not installable everywhere) and the
+camera's pose in the target frame (static extrinsic parameter, or tf2 where it is importable and asked for)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -144,7 +144,8 @@ def grasp_rotation(grasp: Grasp) -> np.ndarray:
     return np.stack([np.cross(y, z), y, z], axis=1)
 
 
-def grasp_to_msg(header: Header, grasp: Grasp, dry_run: bool) -> GraspCommand:
+def grasp_to_msg(header: Header, grasp: Grasp, dry_run: bool, instruction: str = "", source: str = ""
+                 ) -> GraspCommand:
     if header.frame_id != grasp.frame:
         raise ValueError(f"grasp is in {grasp.frame!r}, header says {header.frame_id!r}")
     a = grasp.approach
@@ -152,7 +153,7 @@ def grasp_to_msg(header: Header, grasp: Grasp, dry_run: bool) -> GraspCommand:
                         grasp_pose=pose_msg(grasp.position, grasp_rotation(grasp)),
                         approach=Vector3(x=float(a[0]), y=float(a[1]), z=float(a[2])),
                         gripper_width=float(grasp.width), score=float(grasp.score), object_class=grasp.phrase,
-                        dry_run=dry_run)
+                        dry_run=dry_run, instruction=instruction, source=source)
 
 
 def grasp_from_msg(msg: GraspCommand) -> Grasp:

@@ -17,7 +17,7 @@ from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image
 
 from dino_vla.action import Pick
-from dino_vla.graph import CameraTopics, pick_graph
+from dino_vla.graph import CameraTopics, pick_graph, pick_graph_params
 from dino_vla.msg import SegmentationMasks
 from dino_vla.ros.conversions import image_to_rgb
 from dino_vla.ros.launcher import RunningGraph, start_graph
@@ -73,7 +73,8 @@ class PickClient:
 
         def on_feedback(msg) -> None:
             stages.append((round(time.monotonic() - start, 3), msg.feedback.stage, msg.feedback.detail))
-            if msg.feedback.stage == "localising" and self.masks is not None:
+            # the masks in hand when perception is first used (the policy's grasps skip `localising`)
+            if msg.feedback.stage in ("localising", "planning") and not perceived and self.masks is not None:
                 image = self.images.get(stamp_ns(self.masks.header))
                 if image is not None:
                     perceived.append((image_to_rgb(image), self.masks))
@@ -136,21 +137,26 @@ def write_record(record: PickRecord, out_dir: Path, banner: str | None) -> dict[
 def run_sim_pick(args) -> int:
     from dino_vla.cli import _choose_perception, _config_files
     from dino_vla.dds import DdsProfileError, loopback_environment
+    from dino_vla.policy.checkpoint import CheckpointError
 
     try:
         env = loopback_environment(args.dds_profile)
     except DdsProfileError as err:
         print(f"dino-vla sim-pick: {err}", file=sys.stderr)
         return 2
-    files = _config_files(args, ("perception.yaml", "pick.yaml", "sim.yaml"))
+    files = _config_files(args, ("perception.yaml", "pick.yaml", "policy.yaml", "sim.yaml"))
     model_perception, banner = _choose_perception(args, files)
+    try:
+        node_params = pick_graph_params(True, model_perception, args.grasp_source, files)
+    except CheckpointError as err:
+        print(f"dino-vla sim-pick: policy checkpoint: {err}", file=sys.stderr)
+        return 1
+    node_params["sim"]["seed"] = args.seed
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     log = open(out_dir / "nodes.log", "w")
-    graph = start_graph(files, env, specs=pick_graph(simulated=True, model_perception=model_perception),
-                        device=args.device, node_params={"sim": {"seed": args.seed, "ground_truth_masks":
-                                                                 not model_perception}},
-                        stdout=log, stderr=log)
+    graph = start_graph(files, env, specs=pick_graph(True, model_perception, args.grasp_source), device=args.device,
+                        node_params=node_params, stdout=log, stderr=log)
     os.environ.update(env)  # this process's own participant must use the same loopback profile
     rclpy.init()
     client = PickClient()

@@ -1,7 +1,10 @@
 """pick node: the `pick` action (dino_vla/action/Pick). A goal's instruction goes to the detector (or
-the simulator's ground-truth segmentation) on `instruction`; the first masks + depth newer than the goal
-are localised, a grasp is planned and sent on `grasp_command`, and the executor's `grasp_outcome`
-decides the result. Every wait has a timeout, so stale inputs give a `timeout` result, never a hang."""
+the simulator's ground-truth segmentation) and the policy node on `instruction`. The grasp comes from the
+geometric planner (grasp_source planner: the first masks + depth newer than the goal are localised and a
+grasp is planned for the instruction's target) or from the policy node (grasp_source policy: the newest
+grasp on `policy/grasp` made for the goal's instruction from perception newer than the goal). Either is
+sent on `grasp_command` and the executor's `grasp_outcome` decides the result. Every wait has a timeout,
+so stale inputs give a `timeout` result, never a hang."""
 from __future__ import annotations
 
 import threading
@@ -18,10 +21,11 @@ from std_msgs.msg import Header, String
 from dino_vla.action import Pick
 from dino_vla.instruction import InstructionError, parse_instruction
 from dino_vla.msg import GraspCommand, GraspOutcome
-from dino_vla.pick import PickFailure, PickPlanner, PickSettings
+from dino_vla.pick import PLANNER_SOURCE, PickFailure, PickPlanner, PickSettings
 from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
-from dino_vla.ros.messages import grasp_to_msg, objects_to_msg, stamp_ns
+from dino_vla.ros.messages import grasp_from_msg, grasp_to_msg, objects_to_msg, stamp_ns
 from dino_vla.ros.node_base import ConfiguredNode, run_node
+from dino_vla.types import Grasp
 
 T = TypeVar("T")
 
@@ -53,13 +57,19 @@ class PickNode(ConfiguredNode):
     def __init__(self):
         super().__init__()
         self.planner = PickPlanner(PickSettings.from_params(self.params))
-        self.extrinsic = CameraExtrinsic(self, self.params)
         self._changed = threading.Condition()
         self._latest: MaskedDepth | None = None
-        self._outcomes: dict[int, GraspOutcome] = {}
+        self._policy_grasp: GraspCommand | None = None
+        # only the outcome of the command in flight is kept: other publishers' outcomes are not collected
+        self._awaited: int | None = None
+        self._outcome: GraspOutcome | None = None
         self._busy = threading.Lock()
         inputs = MutuallyExclusiveCallbackGroup()
-        self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth, callback_group=inputs)
+        if self.params["grasp_source"] == "policy":
+            self.create_subscription(GraspCommand, "policy/grasp", self.on_policy_grasp, 10, callback_group=inputs)
+        else:
+            self.extrinsic = CameraExtrinsic(self, self.params)
+            self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth, callback_group=inputs)
         self.create_subscription(GraspOutcome, "grasp_outcome", self.on_outcome, 10, callback_group=inputs)
         # transient local: a detector that starts later still receives the current instruction
         self.instruction_publisher = self.create_publisher(String, "instruction", QoSProfile(
@@ -69,8 +79,8 @@ class PickNode(ConfiguredNode):
         self.server = ActionServer(self, Pick, "pick", execute_callback=self.execute,
                                    goal_callback=self.on_goal, cancel_callback=lambda _: CancelResponse.ACCEPT,
                                    callback_group=ReentrantCallbackGroup())
-        self.get_logger().info(f"pick action ready (dry_run={self.params['dry_run']}, "
-                               f"frame {self.params['target_frame']!r})")
+        self.get_logger().info(f"pick action ready (grasps from the {self.params['grasp_source']}, "
+                               f"dry_run={self.params['dry_run']}, frame {self.params['target_frame']!r})")
         if self.params["instruction"]:
             threading.Thread(target=self.execute, args=(_StartupGoal(self, self.params["instruction"]),),
                              daemon=True).start()
@@ -80,10 +90,20 @@ class PickNode(ConfiguredNode):
             self._latest = m
             self._changed.notify_all()
 
+    def on_policy_grasp(self, msg: GraspCommand) -> None:
+        with self._changed:
+            self._policy_grasp = msg
+            self._changed.notify_all()
+
     def on_outcome(self, msg: GraspOutcome) -> None:
         with self._changed:
-            self._outcomes[stamp_ns(msg.header)] = msg
-            self._changed.notify_all()
+            if stamp_ns(msg.header) == self._awaited:
+                self._outcome = msg
+                self._changed.notify_all()
+
+    def apply_parameters(self, updated) -> None:
+        # the planner's gripper, workspace and localisation settings follow run-time changes
+        self.planner = PickPlanner(PickSettings.from_params({**self.params, **updated}))  # ConfigError rejects
 
     def on_goal(self, _goal) -> GoalResponse:
         # one arm, one pick at a time
@@ -141,6 +161,40 @@ class PickNode(ConfiguredNode):
         result.target_phrase = query.target
         since = self.get_clock().now().nanoseconds
         self.instruction_publisher.publish(String(data=instruction))
+        if self.params["grasp_source"] == "policy":
+            header, grasp, source, basis = self._policy_grasp_for(goal_handle, instruction, since, result)
+        else:
+            header, grasp, source, basis = self._planned_grasp(goal_handle, instruction, query, since, result)
+        result.grasp = grasp_to_msg(header, grasp, self.params["dry_run"], instruction, source)
+        self.grasp_pose_publisher.publish(PoseStamped(header=header, pose=result.grasp.grasp_pose))
+        self._feedback(goal_handle, "executing", f"width {grasp.width:.3f} m, yaw {grasp.yaw:.2f} rad")
+        timeout = self.params["execution_timeout_s"]
+        # a command sent before discovery has matched the executor would be lost: there is one per pick
+        if not self._wait(goal_handle, lambda: self.command_publisher.get_subscription_count() > 0 or None, timeout):
+            raise PickFailure("timeout", f"no executor subscribed to grasp_command within {timeout:g} s")
+        with self._changed:
+            self._awaited, self._outcome = stamp_ns(header), None
+        try:
+            self.command_publisher.publish(result.grasp)
+            outcome = self._wait(goal_handle, lambda: self._outcome, timeout)
+        finally:
+            with self._changed:
+                self._awaited = None
+        if outcome is None:
+            raise PickFailure("timeout", f"no grasp_outcome from the executor within {timeout:g} s")
+        self._feedback(goal_handle, "verifying", outcome.reason)
+        result.lifted_object, result.lifted_m = outcome.lifted_object, outcome.lifted_m
+        if outcome.dry_run:
+            raise PickFailure("dry_run", "dry run: the grasp was planned and sent marked dry_run; nothing moved")
+        if not outcome.success:
+            raise PickFailure("wrong_object" if outcome.lifted_object else "execution_failed",
+                              outcome.reason or "the executor reports failure")
+        result.message = f"lifted {outcome.lifted_object or grasp.phrase} {outcome.lifted_m:.3f} m ({basis})"
+
+    def _planned_grasp(self, goal_handle, instruction: str, query, since: int, result: Pick.Result
+                       ) -> tuple[Header, Grasp, str, str]:
+        """The geometric planner's grasp for the instruction's target in the first masks + depth newer than
+        the goal: (header with the masks' stamp, grasp, command source, what it was based on)."""
         self._feedback(goal_handle, "waiting_for_perception", f"masks of {query.prompt!r} newer than the goal")
         timeout = self.params["perception_timeout_s"]
         m = self._wait(goal_handle, lambda: self._latest if self._latest is not None and stamp_ns(
@@ -156,25 +210,37 @@ class PickNode(ConfiguredNode):
             raise PickFailure("wrong_frame", str(err)) from None
         plan = self.planner.plan(m.frame, m.detections, m.masks, query.target, camera_to_target)
         self._feedback(goal_handle, "planning", f"{plan.chosen.phrase} at {plan.chosen.centroid.round(3).tolist()}")
-        frame = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params["target_frame"])
-        result.object = objects_to_msg(frame, [(m.detection_msgs[plan.detection_index], plan.chosen)]).detections[0]
-        result.grasp = grasp_to_msg(frame, plan.grasp, self.params["dry_run"])
-        self.grasp_pose_publisher.publish(PoseStamped(header=frame, pose=result.grasp.grasp_pose))
-        self._feedback(goal_handle, "executing", f"width {plan.grasp.width:.3f} m, yaw {plan.grasp.yaw:.2f} rad")
-        self.command_publisher.publish(result.grasp)
-        key, timeout = stamp_ns(frame), self.params["execution_timeout_s"]
-        outcome = self._wait(goal_handle, lambda: self._outcomes.pop(key, None), timeout)
-        if outcome is None:
-            raise PickFailure("timeout", f"no grasp_outcome from the executor within {timeout:g} s")
-        self._feedback(goal_handle, "verifying", outcome.reason)
-        result.lifted_object, result.lifted_m = outcome.lifted_object, outcome.lifted_m
-        if outcome.dry_run:
-            raise PickFailure("dry_run", "dry run: the grasp was planned and sent marked dry_run; nothing moved")
-        if not outcome.success:
-            raise PickFailure("wrong_object" if outcome.lifted_object else "execution_failed",
-                              outcome.reason or "the executor reports failure")
-        result.message = (f"lifted {outcome.lifted_object or plan.chosen.phrase} {outcome.lifted_m:.3f} m "
-                          f"({plan.candidates} candidate(s), perception: {m.source})")
+        # stamped with the perception it was planned from (GraspCommand.msg), which the outcome pairs with
+        header = Header(stamp=m.header.stamp, frame_id=self.params["target_frame"])
+        result.object = objects_to_msg(header, [(m.detection_msgs[plan.detection_index], plan.chosen)]).detections[0]
+        return header, plan.grasp, PLANNER_SOURCE, f"{plan.candidates} candidate(s), perception: {m.source}"
+
+    def _policy_grasp_for(self, goal_handle, instruction: str, since: int, result: Pick.Result
+                          ) -> tuple[Header, Grasp, str, str]:
+        """The newest policy grasp made for `instruction` from perception newer than the goal, checked against
+        this node's own workspace and gripper: (its header, grasp, its source, what it was based on)."""
+        self._feedback(goal_handle, "waiting_for_perception", f"a policy grasp for {instruction!r} newer than "
+                                                              "the goal on policy/grasp")
+        timeout = self.params["perception_timeout_s"]
+        msg = self._wait(goal_handle, lambda: self._policy_grasp if self._policy_grasp is not None and stamp_ns(
+            self._policy_grasp.header) >= since and self._policy_grasp.instruction == instruction else None, timeout)
+        if msg is None:
+            raise PickFailure("timeout", f"no policy grasp for {instruction!r} on policy/grasp within {timeout:g} s: "
+                                         "are the camera, features, masks (or simulator) and policy nodes running?")
+        result.perception_source = msg.source
+        if msg.header.frame_id != self.params["target_frame"]:
+            raise PickFailure("wrong_frame", f"the policy's grasp is in {msg.header.frame_id!r}, this node works in "
+                                             f"{self.params['target_frame']!r}")
+        grasp, settings = grasp_from_msg(msg), self.planner.settings
+        outside = settings.workspace.outside(grasp.position)
+        if outside:
+            raise PickFailure("outside_workspace", f"the policy's grasp is outside the workspace: {', '.join(outside)}")
+        if grasp.width > settings.gripper.max_width_m:
+            raise PickFailure("too_wide", f"the policy's grasp opens {grasp.width:.3f} m, the gripper "
+                                          f"{settings.gripper.max_width_m:.3f} m")
+        self._feedback(goal_handle, "planning", f"{msg.source}: {grasp.phrase} at {grasp.position.round(3).tolist()}, "
+                                                f"confidence {msg.score:.2f}")
+        return msg.header, grasp, msg.source, f"{msg.source}, confidence {msg.score:.2f}"
 
 
 def main(args=None) -> int:

@@ -1,8 +1,10 @@
 """sim node: the MuJoCo table-top as a robot. Publishes an RGB-D camera (RealSense-style topics: `image`,
 `depth` aligned to it, `camera_info`) at rate_hz, executes GraspCommand from `grasp_command` and answers
 on `grasp_outcome`, and publishes ground truth for evaluation (`sim/objects`: every object's pose in
-base_frame; `sim/segmentation`: every object's mask). With ground_truth_masks it also publishes `masks`
-for the current `instruction`, labelled "simulator ground truth", in place of the detector + segmenter."""
+base_frame; `sim/segmentation`: every object's mask). With ground_truth_masks it also publishes `masks`,
+labelled "simulator ground truth", in place of the detector + segmenter: of the objects the current
+`instruction` names (masks_scope instruction), or of every visible object labelled "object" (all_objects,
+the class-agnostic masks the policy takes)."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +21,7 @@ from dino_vla.ros.messages import (camera_info_msg, detections_to_msg, grasp_fro
 from dino_vla.ros.node_base import ConfiguredNode, run_node
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import catalogue_object, random_scene
-from dino_vla.sim.stand_in import SOURCE, ground_truth_perception
+from dino_vla.sim.stand_in import SOURCE, class_agnostic, ground_truth_perception
 
 
 class SimNode(ConfiguredNode):
@@ -70,10 +72,18 @@ class SimNode(ConfiguredNode):
         self.segmentation_publisher.publish(masks_to_msg(header, detections_to_msg(header, everything), everything,
                                                          all_masks, SOURCE))
         self.objects_publisher.publish(self._ground_truth_poses(header))
-        if self.params["ground_truth_masks"] and self.query is not None:
+        if not self.params["ground_truth_masks"]:
+            return
+        if self.params["masks_scope"] == "all_objects":
+            detections, masks = class_agnostic(everything), all_masks
+            instruction = self.query.instruction if self.query is not None else ""
+        elif self.query is not None:
             detections, masks = ground_truth_perception(self.sim, frame, self.query.phrases)
-            self.masks_publisher.publish(masks_to_msg(
-                header, detections_to_msg(header, detections, self.query.instruction), detections, masks, SOURCE))
+            instruction = self.query.instruction
+        else:
+            return
+        self.masks_publisher.publish(masks_to_msg(header, detections_to_msg(header, detections, instruction),
+                                                  detections, masks, SOURCE))
 
     def _ground_truth_poses(self, camera_header: Header) -> DetectionArray:
         """Every object's true pose in base_frame; size = its upright bounding cylinder's box."""

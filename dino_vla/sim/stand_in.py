@@ -2,6 +2,7 @@
 had. Everything it produces is labelled with SOURCE, so no output can pass for model perception."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Sequence
 
 import numpy as np
@@ -10,6 +11,7 @@ from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
 from dino_vla.types import Detections, Masks
 
 SOURCE = "simulator ground truth"
+OBJECT = "object"   # the one label of class-agnostic masks
 
 
 def ground_truth_perception(sim: TabletopSim, frame: RenderedFrame, phrases: Sequence[str]
@@ -24,3 +26,9 @@ def ground_truth_perception(sim: TabletopSim, frame: RenderedFrame, phrases: Seq
     masks = Masks(np.concatenate([m.masks for _, m in parts]).reshape(-1, h, w),
                   np.concatenate([m.scores for _, m in parts]).astype(np.float32))
     return detections, masks
+
+
+def class_agnostic(detections: Detections) -> Detections:
+    """The same detections, each labelled OBJECT: what a class-agnostic segmenter would give (the policy
+    chooses among every visible object by itself; sim.ground_truth_all gives the detections)."""
+    return replace(detections, phrases=(OBJECT,) * len(detections))

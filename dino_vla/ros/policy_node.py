@@ -1,0 +1,211 @@
+"""policy node: the learned VLA grasp policy (dino_vla/policy) on ROS topics, bounded and watched.
+
+DINOv2 `features` are paired by stamp with class-agnostic `masks` + aligned `depth` + `camera_info`
+(DepthMaskInputs). At rate_hz the policy decides on the newest pair for the current instruction (only when
+the pair or the instruction is new; otherwise the last decision is published again) and publishes:
+- `policy/grasp` (GraspCommand): the decision, clipped into the workspace (above the table) and the
+  gripper's opening, stamped with the perception it was made from, marked dry_run as the parameter says;
+- `policy/grasp_pose` (PoseStamped): the setpoint stream: the same grasp, its step from the previous
+  setpoint further limited to max_speed_mps and max_yaw_rate_rps;
+- `policy/status` (String): `ok: ...` naming every clamp applied, or `waiting: ...`, `stale: ...`,
+  `failed <reason>: ...`.
+Watchdog: while the newest pair was received more than max_input_age_s ago, or there is no instruction,
+only the status goes out. With dry_run false the first decision for each new instruction is also sent
+once on `grasp_command`, the executor's topic; never at the rate."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+from geometry_msgs.msg import PoseStamped
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import Header, String
+
+from dino_vla.config import ConfigError, policy_checkpoint
+from dino_vla.msg import DinoFeatures, GraspCommand
+from dino_vla.policy.checkpoint import CheckpointError
+from dino_vla.policy.limits import CommandLimits
+from dino_vla.policy.runner import GraspPolicy, PolicyDecision, PolicyFailure
+from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
+from dino_vla.ros.messages import features_from_msg, grasp_rotation, grasp_to_msg, pose_msg, stamp_ns
+from dino_vla.ros.node_base import ConfiguredNode, run_node
+from dino_vla.sync import ApproximateTimeSync
+from dino_vla.types import Features, Grasp
+
+_LIMITS = ("workspace_min", "workspace_max", "table_height_m", "max_opening_m", "max_speed_mps", "max_yaw_rate_rps")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Features and masks + depth of one camera frame, paired by stamp."""
+
+    features: Features
+    masked: MaskedDepth
+    received: float            # time.monotonic() when the pair was complete
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What the policy made of one observation for one instruction: a decision, or why there is none."""
+
+    observation: Observation
+    task: int                  # PolicyNode.task it was made for
+    decision: PolicyDecision | None
+    failure: str = ""
+
+
+class PolicyNode(ConfiguredNode):
+    STAGE = "policy"
+
+    def __init__(self):
+        super().__init__()
+        self.limits = CommandLimits.from_params(self.params)
+        if self.params["torch_threads"] > 0:
+            torch.set_num_threads(self.params["torch_threads"])
+        checkpoint = policy_checkpoint(self.params["checkpoint"])
+        start = time.perf_counter()
+        self.get_logger().info(f"loading policy {checkpoint!r} (device {self.params['device']})")
+        try:
+            self.policy = GraspPolicy.load(checkpoint, self.params["device"])
+        except (CheckpointError, PolicyFailure) as err:
+            raise ConfigError(f"parameter checkpoint: {err}") from None
+        self.get_logger().info(f"policy loaded in {time.perf_counter() - start:.1f} s; it takes features of "
+                               f"{self.policy.backbone!r}")
+        self.source = f"policy {checkpoint}"
+        self.extrinsic = CameraExtrinsic(self, self.params)
+        self.period_s = 1.0 / self.params["rate_hz"]
+        self.pairing = ApproximateTimeSync(("features", "masks"), int(round(self.params["sync_slop_s"] * 1e9)),
+                                           self.params["sync_queue_size"])
+        self.received: dict[str, float] = {}   # "features" / "masks": time.monotonic() of the newest
+        self.observation: Observation | None = None
+        self.decided: Decided | None = None
+        self.setpoint: Grasp | None = None      # the last one published on policy/grasp_pose
+        self.instruction, self.task = "", 0
+        self.command_due = False                # the current instruction's first decision is still to come
+        self.grasp_publisher = self.create_publisher(GraspCommand, "policy/grasp", 10)
+        self.pose_publisher = self.create_publisher(PoseStamped, "policy/grasp_pose", 10)
+        self.status_publisher = self.create_publisher(String, "policy/status", 10)
+        self.command_publisher = self.create_publisher(GraspCommand, "grasp_command", 10)
+        self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth)
+        self.create_subscription(DinoFeatures, "features", self.on_features, 10)
+        # transient local: an instruction published before this node started still reaches it
+        self.create_subscription(String, "instruction", lambda msg: self.set_instruction(msg.data), QoSProfile(
+            depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        if self.params["instruction"]:
+            self.set_instruction(self.params["instruction"])
+        self.create_timer(self.period_s, self.tick)
+        self.get_logger().info(f"policy ready at {self.params['rate_hz']:g} Hz (dry_run={self.params['dry_run']}, "
+                               f"frame {self.params['target_frame']!r})")
+
+    def apply_parameters(self, updated) -> None:
+        if set(_LIMITS) & set(updated):
+            self.limits = CommandLimits.from_params({**self.params, **updated})  # ConfigError rejects the change
+        if "instruction" in updated:
+            self.set_instruction(updated["instruction"])
+
+    def set_instruction(self, text: str) -> None:
+        """Every instruction received is a new task, even in the same words (a new Pick goal)."""
+        self.instruction, self.task, self.command_due = text, self.task + 1, bool(text)
+        self.get_logger().info(f"instruction {text!r}" if text else "instruction cleared: waiting for one")
+
+    def on_features(self, msg: DinoFeatures) -> None:
+        try:
+            features = features_from_msg(msg)
+        except ValueError as err:
+            self.get_logger().error(f"skipping features stamped {stamp_ns(msg.header) * 1e-9:.3f}: {err}",
+                                    throttle_duration_sec=5.0)
+            return
+        self._pair("features", stamp_ns(msg.header), features)
+
+    def on_masked_depth(self, m: MaskedDepth) -> None:
+        self._pair("masks", stamp_ns(m.header), m)
+
+    def _pair(self, stream: str, stamp: int, item) -> None:
+        now = time.monotonic()
+        self.received[stream] = now
+        for _, pair in self.pairing.add(stream, stamp, item):
+            self.observation = Observation(pair["features"], pair["masks"], now)
+
+    def tick(self) -> None:
+        if not self.instruction:
+            self.publish_status("waiting: no instruction (set the instruction parameter or publish on `instruction`)")
+            return
+        stale = self.staleness(time.monotonic())
+        if stale:
+            self.publish_status(f"stale: {stale}")
+            self.get_logger().warning(f"no commands: stale inputs: {stale}", throttle_duration_sec=5.0)
+            return
+        d = self.decided
+        if d is None or d.observation is not self.observation or d.task != self.task:
+            d = self.decided = self.decide(self.observation)
+        if d.decision is None:
+            self.publish_status(d.failure)
+            return
+        try:
+            grasp, notes = self.limits.clamp(d.decision.grasp, None, self.period_s)
+            setpoint, steps = self.limits.clamp(grasp, self.setpoint, self.period_s)
+        except ValueError as err:   # a non-finite grasp is never published
+            self.publish_status(f"failed invalid_grasp: {err}")
+            return
+        self.setpoint = setpoint
+        header = Header(stamp=d.observation.masked.header.stamp, frame_id=grasp.frame)
+        command = grasp_to_msg(header, grasp, self.params["dry_run"], self.instruction, self.source)
+        self.grasp_publisher.publish(command)
+        self.pose_publisher.publish(PoseStamped(header=header, pose=pose_msg(setpoint.position,
+                                                                             grasp_rotation(setpoint))))
+        if self.command_due:
+            self.command_due = False
+            if not self.params["dry_run"]:
+                self.command_publisher.publish(command)
+                self.get_logger().info(f"sent on grasp_command for {self.instruction!r}: {grasp.phrase} at "
+                                       f"{grasp.position.round(3).tolist()}")
+        p = grasp.position
+        self.publish_status(
+            f"ok: object {d.decision.object_index} of {len(d.observation.masked.masks)} (confidence "
+            f"{d.decision.confidence:.2f}) for {self.instruction!r}: grasp at ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) "
+            f"m, width {grasp.width:.3f} m, yaw {grasp.yaw:.2f} rad, {d.decision.latency_ms:.0f} ms"
+            + (f"; clamped: {', '.join(notes)}" if notes else "") + (f"; setpoint {', '.join(steps)}" if steps else ""))
+
+    def staleness(self, now: float) -> str:
+        """Why the newest observation may not be acted on ("" when it may)."""
+        max_age = self.params["max_input_age_s"]
+        if self.observation is not None and now - self.observation.received <= max_age:
+            return ""
+        parts = []
+        for stream, name in (("features", "features"), ("masks", "masks + depth")):
+            received = self.received.get(stream)
+            if received is None:
+                parts.append(f"no {name} yet")
+            elif now - received > max_age:
+                parts.append(f"{name} {now - received:.1f} s old")
+        return ", ".join(parts) or (f"features and masks + depth arrive, but none paired by stamp (within "
+                                    f"sync_slop_s) in the last {max_age:g} s")
+
+    def decide(self, observation: Observation) -> Decided:
+        m = observation.masked
+        try:
+            camera_to_base = self.extrinsic.camera_to_target(m.frame.frame)
+        except ValueError as err:
+            return self._failed(observation, "wrong_frame", str(err))
+        try:
+            decision = self.policy.decide(self.instruction, observation.features, m.frame, m.masks, camera_to_base)
+        except PolicyFailure as err:
+            return self._failed(observation, err.reason, str(err))
+        return Decided(observation, self.task, decision)
+
+    def _failed(self, observation: Observation, reason: str, message: str) -> Decided:
+        self.get_logger().warning(f"no decision for {self.instruction!r}: {reason}: {message}",
+                                  throttle_duration_sec=5.0)
+        return Decided(observation, self.task, None, f"failed {reason}: {message}")
+
+    def publish_status(self, text: str) -> None:
+        self.status_publisher.publish(String(data=text))
+
+
+def main(args=None) -> int:
+    return run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
