@@ -15,7 +15,7 @@ from dino_vla.instruction import InstructionError, parse_instruction
 from dino_vla.models.loading import resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
-from dino_vla.pick import DepthFrame
+from dino_vla.pick import DepthFrame, PickFailure
 from dino_vla.policy.checkpoint import CheckpointInfo, load_checkpoint
 from dino_vla.policy.model import GraspPolicyNet, collate
 from dino_vla.policy.tokens import ObjectTokens, grasp_from_target, object_tokens, vision_tokens
@@ -47,10 +47,8 @@ def same_weights(a: str, b: str) -> bool:
     return digest is not None and digest == (_weights_digest(b) if Path(b).is_dir() else None)
 
 
-class PolicyFailure(Exception):
-    def __init__(self, reason: str, message: str):
-        super().__init__(message)
-        self.reason = reason
+class PolicyFailure(PickFailure):
+    """A decision the policy could not make: `reason` as a PickFailure's (plus "feature_mismatch")."""
 
 
 @dataclass(frozen=True)

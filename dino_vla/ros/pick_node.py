@@ -50,6 +50,12 @@ class _StartupGoal:
     abort = canceled = succeed
 
 
+def _fresh(msg, since_ns: int, instruction: str):
+    """`msg` (masks + depth, or a policy grasp) when it was made for `instruction` from perception stamped at or
+    after since_ns, else None."""
+    return msg if msg is not None and stamp_ns(msg.header) >= since_ns and msg.instruction == instruction else None
+
+
 class PickNode(ConfiguredNode):
     STAGE = "pick"
     MULTI_THREADED = True
@@ -197,8 +203,7 @@ class PickNode(ConfiguredNode):
         the goal: (header with the masks' stamp, grasp, command source, what it was based on)."""
         self._feedback(goal_handle, "waiting_for_perception", f"masks of {query.prompt!r} newer than the goal")
         timeout = self.params["perception_timeout_s"]
-        m = self._wait(goal_handle, lambda: self._latest if self._latest is not None and stamp_ns(
-            self._latest.header) >= since and self._latest.instruction == instruction else None, timeout)
+        m = self._wait(goal_handle, lambda: _fresh(self._latest, since, instruction), timeout)
         if m is None:
             raise PickFailure("timeout", f"no masks + depth for {instruction!r} within {timeout:g} s: are the "
                                          "camera, detector and segmenter (or simulator) running?")
@@ -222,8 +227,7 @@ class PickNode(ConfiguredNode):
         self._feedback(goal_handle, "waiting_for_perception", f"a policy grasp for {instruction!r} newer than "
                                                               "the goal on policy/grasp")
         timeout = self.params["perception_timeout_s"]
-        msg = self._wait(goal_handle, lambda: self._policy_grasp if self._policy_grasp is not None and stamp_ns(
-            self._policy_grasp.header) >= since and self._policy_grasp.instruction == instruction else None, timeout)
+        msg = self._wait(goal_handle, lambda: _fresh(self._policy_grasp, since, instruction), timeout)
         if msg is None:
             raise PickFailure("timeout", f"no policy grasp for {instruction!r} on policy/grasp within {timeout:g} s: "
                                          "are the camera, features, masks (or simulator) and policy nodes running?")
