@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from sensor_msgs.msg import Image
 from skimage import data
 from std_msgs.msg import Header, String
 
-from dino_vla.config import default_config_path
+from dino_vla.config import config_dir, default_config_path
 from dino_vla.dds import udp_sockets
 from dino_vla.msg import DetectionArray, DinoFeatures, SegmentationMasks
 from dino_vla.ros.conversions import image_to_numpy, numpy_to_image
@@ -207,6 +208,37 @@ def test_launcher_refuses_a_missing_dds_profile(tmp_path):
     result = subprocess.run([sys.executable, "-m", "dino_vla.cli", "launch", "--dds-profile",
                              str(tmp_path / "nope.xml")], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "nope.xml" in result.stderr
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"   # an unreaped zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_nodes_stop_when_their_launcher_is_killed(dds_env, tmp_path):
+    """No orphans: a launcher killed with SIGKILL (no chance to stop its graph) still takes its nodes along."""
+    log = tmp_path / "nodes.log"
+    script = ("import sys, time\nfrom dino_vla.graph import PICK\nfrom dino_vla.ros.launcher import start_graph\n"
+              f"graph = start_graph([{str(config_dir() / 'pick.yaml')!r}], {{}}, specs=(PICK,), namespace='orphan', "
+              f"stdout=open({str(log)!r}, 'w'), stderr=-2)\n"
+              "print(graph.processes['pick'].pid, flush=True)\ntime.sleep(600)\n")
+    launcher = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, **dds_env},
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        node = int(launcher.stdout.readline())
+        deadline = time.monotonic() + 60
+        while "pick action ready" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _running(node), log.read_text()
+    finally:
+        launcher.kill()
+        launcher.wait()
+    deadline = time.monotonic() + 30
+    while _running(node) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running(node), f"the pick node outlived its launcher:\n{log.read_text()[-2000:]}"
 
 
 def test_node_without_weights_says_what_is_missing(dds_env, tmp_path):

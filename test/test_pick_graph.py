@@ -7,8 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
+from rclpy.task import Future
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import MarkerArray
 
@@ -21,6 +20,7 @@ from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.messages import cloud_from_msg, stamp_ns
 from dino_vla.ros.pick_client import PickClient
 from dino_vla.sim.stand_in import OBJECT, SOURCE
+from ros_helpers import set_parameter
 
 CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "sim.yaml")]
 SEED = 3
@@ -48,12 +48,7 @@ def graph(dds_env, tmp_path_factory):
 
 
 def _set_parameter(client: PickClient, node: str, name: str, value: bool | str) -> None:
-    service = client.node.create_client(SetParameters, f"/{node}/set_parameters")
-    assert client.spin_until(service.service_is_ready, 10)
-    typed = (ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value) if isinstance(value, bool) else
-             ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
-    future = service.call_async(SetParameters.Request(parameters=[Parameter(name=name, value=typed)]))
-    assert client.spin_until(future.done, 10) and future.result().results[0].successful
+    set_parameter(client.node, client.spin_until, node, name, value)
 
 
 def test_an_unparsable_instruction_fails_at_once(graph):
@@ -106,24 +101,41 @@ def test_localiser_publishes_3d_objects_clouds_and_markers(graph):
     assert outputs["markers"][-1].markers[0].action == 3  # DELETEALL first
 
 
-def test_a_pick_without_perception_times_out(graph, dds_env, tmp_path):
-    """A pick node whose masks never come (nothing publishes /lonely/masks) answers `timeout`."""
-    log = open(tmp_path / "lonely.log", "w+")
-    lonely = start_graph(CONFIG, dds_env, specs=(PICK,), namespace="lonely",
-                         node_params={"pick": {"perception_timeout_s": 1.5}}, stdout=log, stderr=subprocess.STDOUT)
-    client = PickClient()
-    try:
-        from rclpy.action import ActionClient
+@pytest.fixture(scope="module")
+def lonely(graph, dds_env, tmp_path_factory):
+    """A second pick node, in namespace `lonely`, whose masks never come (nothing publishes /lonely/masks)."""
+    log = open(tmp_path_factory.mktemp("lonely") / "nodes.log", "w+")
+    running = start_graph(CONFIG, dds_env, specs=(PICK,), namespace="lonely",
+                          node_params={"pick": {"perception_timeout_s": 1.5}}, stdout=log, stderr=subprocess.STDOUT)
+    client = PickClient(action="/lonely/pick", node_name="lonely_pick_client")
+    yield running, client
+    client.close()
+    running.stop()
+    log.close()
 
-        from dino_vla.action import Pick
 
-        client.client = ActionClient(client.node, Pick, "/lonely/pick")
-        record = client.pick("pick up the cup", 30, lonely)
-    finally:
-        client.close()
-        lonely.stop()
+def test_a_pick_without_perception_times_out(lonely):
+    running, client = lonely
+    record = client.pick("pick up the cup", 30, running)
     assert record.result.failure_reason == "timeout" and "1.5 s" in record.result.message
     assert 1.4 < record.result.elapsed_s < 5.0
+
+
+def test_a_lost_goal_response_is_recovered_from_the_status_topic(lonely, monkeypatch):
+    """The goal reaches the server but its response never reaches the client (what Fast DDS does when the
+    server has not yet matched the client's response reader): the client finds the goal on the status
+    topic and still gets its result, without sending it twice."""
+    running, client = lonely
+    sent = []
+
+    def response_lost(goal, **kwargs):
+        sent.append(client.client.__class__.send_goal_async(client.client, goal, **kwargs))
+        return Future()   # never done
+
+    monkeypatch.setattr(client.client, "send_goal_async", response_lost)
+    record = client.pick("pick up the cup", 30, running)
+    assert len(sent) == 1
+    assert record.result.failure_reason == "timeout" and "1.5 s" in record.result.message
 
 
 def test_class_agnostic_masks_hold_every_visible_object(graph):

@@ -13,8 +13,6 @@ import time
 import pytest
 import rclpy
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
-from rcl_interfaces.srv import SetParameters
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
@@ -33,6 +31,7 @@ from dino_vla.ros.pick_client import PickClient
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import CAMERA_FRAME, random_scene
 from dino_vla.sim.stand_in import SOURCE, class_agnostic
+from ros_helpers import set_parameter
 
 CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "policy.yaml")]
 # a 1 mm box far from every object: whatever the untrained policy decides lands outside it
@@ -105,11 +104,7 @@ class Probe:
         return predicate()
 
     def set_parameter(self, node: str, name: str, value: bool) -> None:
-        client = self.node.create_client(SetParameters, f"/{node}/set_parameters")
-        assert client.wait_for_service(timeout_sec=10)
-        future = client.call_async(SetParameters.Request(parameters=[Parameter(
-            name=name, value=ParameterValue(type=ParameterType.PARAMETER_BOOL, bool_value=value))]))
-        assert self.wait(future.done, 10) and future.result().results[0].successful
+        set_parameter(self.node, self.wait, node, name, value)
 
     def close(self) -> None:
         self.executor.shutdown()

@@ -13,6 +13,23 @@ from pathlib import Path
 from dino_vla.dds import DdsProfileError, loopback_environment
 from dino_vla.graph import PERCEPTION_GRAPH, CameraTopics, NodeSpec, parameter_overrides, ros_arguments
 
+# set by start_graph for its node processes; `ros2 launch` sites do not set it
+LAUNCHER_PID_ENV = "DINO_VLA_LAUNCHER_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def stop_with_launcher() -> None:
+    """In a node process started by start_graph: have the kernel send SIGINT (a clean rclpy shutdown) when
+    the launcher dies, even by SIGKILL, so no orphan node keeps publishing or commanding on the domain."""
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
+    if os.getppid() != int(launcher):   # it died before the request was in place
+        os.kill(os.getpid(), signal.SIGINT)
+
 
 @dataclass
 class RunningGraph:
@@ -42,13 +59,15 @@ def start_graph(params_files: list[str | Path], env: dict[str, str], *, camera: 
                 namespace: str = "", instruction: str | None = None, device: str | None = None,
                 models: dict[str, str] | None = None, node_params: dict[str, dict] | None = None,
                 specs: tuple[NodeSpec, ...] = PERCEPTION_GRAPH, stdout=None, stderr=None) -> RunningGraph:
+    """One process per node. They get SIGINT when the thread that called this ends (Linux's parent-death
+    signal follows the creating thread), so call it from the thread that lives as long as the graph."""
     graph = RunningGraph()
     for spec in specs:
         overrides = parameter_overrides(spec, instruction, device, models, node_params)
         cmd = [sys.executable, "-m", spec.module,
                *ros_arguments(spec, [str(p) for p in params_files], camera, namespace, overrides)]
-        graph.processes[spec.name] = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=stdout,
-                                                      stderr=stderr)
+        graph.processes[spec.name] = subprocess.Popen(
+            cmd, env={**os.environ, **env, LAUNCHER_PID_ENV: str(os.getpid())}, stdout=stdout, stderr=stderr)
     return graph
 
 

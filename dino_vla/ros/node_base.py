@@ -22,6 +22,7 @@ from dino_vla.dds import DdsProfileError, require_profile_if_named
 from dino_vla.models.loading import ModelUnavailableError
 from dino_vla.pipeline import PerceptionPipeline
 from dino_vla.ros.conversions import ImageConversionError, image_to_rgb, numpy_to_image
+from dino_vla.ros.launcher import stop_with_launcher
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -124,6 +125,7 @@ def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> i
         print(f"[{node_cls.STAGE}] FATAL: {err}", file=sys.stderr)
         return 2
     rclpy.init(args=args if args is not None else sys.argv)
+    stop_with_launcher()   # after init, so that the SIGINT it may send finds rclpy's handler
     node = None
     try:
         node = node_cls()

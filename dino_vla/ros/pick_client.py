@@ -6,15 +6,20 @@ import json
 import os
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rclpy
+from action_msgs.msg import GoalStatus, GoalStatusArray
 from rclpy.action import ActionClient
+from rclpy.action.client import ClientGoalHandle
 from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import qos_profile_action_status_default
 from sensor_msgs.msg import Image
+from unique_identifier_msgs.msg import UUID
 
 from dino_vla.action import Pick
 from dino_vla.graph import CameraTopics, pick_graph, pick_graph_params
@@ -23,6 +28,11 @@ from dino_vla.ros.conversions import image_to_rgb
 from dino_vla.ros.launcher import RunningGraph, start_graph
 from dino_vla.ros.messages import masks_from_msg, stamp_ns
 from dino_vla.types import Detections
+
+
+GOAL_RESPONSE_TIMEOUT_S = 10.0
+RESULT_RETRY_S = 2.0
+FINISHED = (GoalStatus.STATUS_SUCCEEDED, GoalStatus.STATUS_ABORTED, GoalStatus.STATUS_CANCELED)
 
 
 @dataclass
@@ -34,15 +44,25 @@ class PickRecord:
 
 
 class PickClient:
-    """An rclpy node that sends Pick goals and watches the camera and masks while it does."""
+    """An rclpy node that sends Pick goals and watches the camera and masks while it does.
 
-    def __init__(self, camera: CameraTopics = CameraTopics()):
-        self.node = rclpy.create_node("dino_vla_pick_client")
-        self.client = ActionClient(self.node, Pick, "pick")
+    A goal goes out once the server is discovered, but the server may not yet have discovered this client's
+    response reader: Fast DDS then drops the goal response ("client will not receive response") while the
+    goal runs. So the action's status topic (transient local) is watched too: a goal listed there was
+    accepted, whatever became of its response. A goal is never sent twice, since a second one would move
+    the robot twice."""
+
+    def __init__(self, camera: CameraTopics = CameraTopics(), action: str = "pick",
+                 node_name: str = "dino_vla_pick_client"):
+        self.node = rclpy.create_node(node_name)
+        self.client = ActionClient(self.node, Pick, action)
         self.images: dict[int, Image] = {}
         self.masks: SegmentationMasks | None = None
+        self.goal_statuses: dict[bytes, int] = {}
         self.node.create_subscription(Image, camera.image, self._on_image, 5)
         self.node.create_subscription(SegmentationMasks, "masks", self._on_masks, 5)
+        self.node.create_subscription(GoalStatusArray, f"{action}/_action/status", self._on_statuses,
+                                      qos_profile_action_status_default)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
 
@@ -53,6 +73,9 @@ class PickClient:
 
     def _on_masks(self, msg: SegmentationMasks) -> None:
         self.masks = msg
+
+    def _on_statuses(self, msg: GoalStatusArray) -> None:
+        self.goal_statuses = {bytes(s.goal_info.goal_id.uuid): s.status for s in msg.status_list}
 
     def spin_until(self, done, timeout_s: float, graph: RunningGraph | None = None) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -79,18 +102,41 @@ class PickClient:
                 if image is not None:
                     perceived.append((image_to_rgb(image), self.masks))
 
-        sent = self.client.send_goal_async(Pick.Goal(instruction=instruction), feedback_callback=on_feedback)
-        if not self.spin_until(sent.done, 10.0, graph) or not sent.result().accepted:
-            raise RuntimeError("the pick action server did not accept the goal")
-        answer = sent.result().get_result_async()
-        if not self.spin_until(answer.done, timeout_s, graph):
-            raise RuntimeError(f"no pick result within {timeout_s:g} s")
-        result = answer.result().result
+        goal = self._send_goal(Pick.Goal(instruction=instruction), on_feedback, graph)
+        result = self._await_result(goal, timeout_s, graph)
         done_ns = self.node.get_clock().now().nanoseconds
         self.spin_until(lambda: any(t > done_ns for t in self.images), 5.0, graph)
         newest = [t for t in self.images if t > done_ns]
         after = image_to_rgb(self.images[max(newest)]) if newest else None
         return PickRecord(result, stages, perceived[0] if perceived else None, after)
+
+    def _send_goal(self, goal: Pick.Goal, on_feedback, graph: RunningGraph | None) -> ClientGoalHandle:
+        goal_id = UUID(uuid=list(uuid.uuid4().bytes))
+        key = bytes(goal_id.uuid)
+        sent = self.client.send_goal_async(goal, feedback_callback=on_feedback, goal_uuid=goal_id)
+        if not self.spin_until(lambda: sent.done() or key in self.goal_statuses, GOAL_RESPONSE_TIMEOUT_S, graph):
+            raise RuntimeError(f"the pick action server neither answered nor listed the goal within "
+                               f"{GOAL_RESPONSE_TIMEOUT_S:g} s")
+        if sent.done():
+            if not sent.result().accepted:
+                raise RuntimeError("the pick action server rejected the goal")
+            return sent.result()
+        self.node.get_logger().warning("the goal response was lost; the goal is on the server's status list, "
+                                       "so its result is asked for directly")
+        return ClientGoalHandle(self.client, goal_id, Pick.Impl.SendGoalService.Response(accepted=True))
+
+    def _await_result(self, goal: ClientGoalHandle, timeout_s: float, graph: RunningGraph | None) -> Pick.Result:
+        """The result; asked for again when the goal has ended on the server but no answer came, which is
+        the same lost-response race on the result service."""
+        deadline = time.monotonic() + timeout_s
+        key = bytes(goal.goal_id.uuid)
+        answer = goal.get_result_async()
+        while not self.spin_until(answer.done, min(RESULT_RETRY_S, max(0.0, deadline - time.monotonic())), graph):
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"no pick result within {timeout_s:g} s")
+            if self.goal_statuses.get(key) in FINISHED:
+                answer = goal.get_result_async()
+        return answer.result().result
 
     def close(self) -> None:
         self.executor.shutdown()
