@@ -1,10 +1,11 @@
-"""ros2 launch dino_vla gazebo.launch.py instruction:="pick up the cup"
+"""ros2 launch dino_vla gazebo.launch.py instruction:="pick up the cup" [grasp_source:=policy]
 
 For sites with Gazebo Sim (Harmonic or later) and ros_gz: the table-top world dino_vla/sim/worlds/tabletop.sdf,
 a ros_gz_bridge from its RGB-D camera onto the RealSense-style topics, and the pick graph of
 dino_vla/graph.py with the detector + segmenter (pretrained weights needed). The world has no arm: grasp
 commands are sent dry-run and nothing executes them, so a pick ends with `timeout` after planning unless
-your site adds an executor on `grasp_command` / `grasp_outcome`.
+your site adds an executor on `grasp_command` / `grasp_outcome`. grasp_source:=policy takes the grasps from
+the VLA policy node (checkpoint from config/policy.yaml) instead of the geometric planner.
 NOT RUN HERE: no Gazebo can be installed on the machines this package is developed on; the world is only
 schema-checked (`ign sdf -k`). The MuJoCo simulation (sim.launch.py, `dino-vla sim-pick`) is what was run.
 """
@@ -17,7 +18,7 @@ from launch_ros.actions import Node
 
 import dino_vla
 from dino_vla.config import CAMERA_POSE_IN_BASE
-from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph
+from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph, pick_graph_params
 from dino_vla.launch_support import launch_description, node_actions
 
 CONFIG = os.path.join(get_package_share_directory("dino_vla"), "config")
@@ -26,6 +27,7 @@ CAMERA = CameraTopics()
 ARGUMENTS = {
     "instruction": ("", "picked once at start-up (empty: wait for goals on `pick`)"),
     "world": (WORLD, "SDF world"),
+    "grasp_source": ("planner", "planner (geometric grasp planner) or policy (the VLA policy node)"),
     "device": ("", "torch device of the model nodes (empty: the config's)"),
 }
 BRIDGED = (("/rgbd/image", "sensor_msgs/msg/Image", "gz.msgs.Image", CAMERA.image),
@@ -46,9 +48,11 @@ def _nodes(value):
     camera_tf = Node(package="tf2_ros", executable="static_transform_publisher", arguments=[
         "--x", str(x), "--y", str(y), "--z", str(z), "--qx", str(qx), "--qy", str(qy), "--qz", str(qz),
         "--qw", str(qw), "--frame-id", "base_link", "--child-frame-id", "camera_color_optical_frame"])
-    files = [os.path.join(CONFIG, "perception.yaml"), os.path.join(CONFIG, "pick.yaml")]
-    graph = node_actions(pick_graph(simulated=False, model_perception=True), "", files,
-                         lambda spec: parameter_overrides(spec, value["instruction"], value["device"]), CAMERA)
+    files = [os.path.join(CONFIG, name) for name in ("perception.yaml", "pick.yaml", "policy.yaml")]
+    node_params = pick_graph_params(False, True, value["grasp_source"], files)
+    graph = node_actions(pick_graph(False, True, value["grasp_source"]), "", files,
+                         lambda spec: parameter_overrides(spec, value["instruction"], value["device"],
+                                                          node_params=node_params), CAMERA)
     return [gazebo, bridge, camera_tf, *graph]
 
 
