@@ -94,6 +94,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         ParamSpec("nms_iou", 0.5, "IoU above which overlapping boxes of one phrase are suppressed",
                   range=(0.0, 1.0)),
         ParamSpec("max_detections", 20, "at most this many boxes per image, best first", range=(1, 900)),
+        ParamSpec("masks_scope", "instruction", "which objects get boxes (and so masks): instruction (what the "
+                  "instruction names, labelled with its phrases) or all_objects (every object Grounding DINO "
+                  "finds for the prompt `object`, each labelled `object`: the class-agnostic masks the VLA "
+                  "policy grounds the instruction in)", choices=("instruction", "all_objects")),
     ),
     "segmenter": _common(segmenter.DEFAULT_MODEL) + (
         ParamSpec("image_cache_size", 30, "recent images kept to pair with detections by stamp; must "

@@ -56,9 +56,10 @@ def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str
                       params_files: Sequence[str] = (), checkpoint: str | None = None) -> dict[str, dict[str, Any]]:
     """What the nodes of pick_graph(...) need on top of the params files to work together: the simulator's
     masks stand in for the detector + segmenter when those do not run; with the policy, the pick node takes
-    the policy's grasps (the policy node stays dry-run, so only the pick node commands the arm), the
-    simulator's masks hold every visible object, and the features node loads the DINOv2 weights the
-    policy's checkpoint was trained on: `checkpoint`, else the one params_files name (default `shipped`)."""
+    the policy's grasps (the policy node stays dry-run, so only the pick node commands the arm), the masks
+    hold every visible object (masks_scope all_objects, of the simulator or the detector: the policy grounds
+    the words), and the features node loads the DINOv2 weights the policy's checkpoint was trained on:
+    `checkpoint`, else the one params_files name (default `shipped`)."""
     pick_graph(simulated, model_perception, grasp_source)   # the same checks
     out: dict[str, dict[str, Any]] = {"sim": {"ground_truth_masks": not model_perception}} if simulated else {}
     if grasp_source == "policy":
@@ -68,7 +69,9 @@ def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str
         checkpoint = checkpoint or load_config(*params_files)["policy"]["checkpoint"]
         out.update(features={"model": read_info(policy_checkpoint(checkpoint)).backbone},
                    pick={"grasp_source": "policy"}, policy={"dry_run": True, "checkpoint": checkpoint})
-        if simulated:
+        if model_perception:
+            out["detector"] = {"masks_scope": "all_objects"}
+        else:
             out["sim"]["masks_scope"] = "all_objects"
     return out
 

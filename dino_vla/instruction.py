@@ -61,6 +61,9 @@ class InstructionError(ValueError):
     """An instruction that cannot be turned into a Grounding DINO prompt."""
 
 
+OBJECT = "object"   # the one phrase of class-agnostic detections and masks (masks_scope all_objects)
+
+
 @dataclass(frozen=True)
 class GroundingQuery:
     instruction: str
@@ -76,6 +79,12 @@ class GroundingQuery:
     @property
     def prompt(self) -> str:
         return prompt_from_phrases(self.phrases)
+
+    @classmethod
+    def every_object(cls, instruction: str) -> "GroundingQuery":
+        """Every object, whatever the instruction names: the instruction is only carried along (for the
+        policy, which grounds the words itself), so it is not parsed."""
+        return cls(instruction=instruction, verb="", target=OBJECT)
 
 
 def normalise_phrases(phrases: Sequence[str]) -> tuple[str, ...]:

@@ -21,7 +21,9 @@ from dino_vla.dds import udp_sockets
 from dino_vla.msg import DetectionArray, DinoFeatures, SegmentationMasks
 from dino_vla.ros.conversions import image_to_numpy, numpy_to_image
 from dino_vla.graph import CameraTopics
+from dino_vla.instruction import OBJECT
 from dino_vla.ros.launcher import start_graph
+from ros_helpers import set_parameter
 
 IMAGE_TOPIC = "/test_camera/image"
 COFFEE = data.coffee()
@@ -142,6 +144,22 @@ def test_instruction_changes_at_run_time(graph):
     assert probe.wait_for("detections", header).instruction == "grab the red mug next to the laptop"
     probe.instructions.publish(String(data="pick up the cup"))
     log.flush()
+
+
+def test_masks_scope_all_objects_boxes_every_object_whatever_the_instruction(graph):
+    """What the policy graph sets on a robot: the detector prompts `object` and labels every box so; the
+    instruction still travels in the message for the policy to ground."""
+    _, probe, _ = graph
+    set_parameter(probe.node, probe.spin_until, "detector", "masks_scope", "all_objects")
+    try:
+        header = probe.stream_until_answered(("detections", "masks"))
+        detections, masks = probe.wait_for("detections", header), probe.wait_for("masks", header)
+        assert detections.instruction == "pick up the cup" and detections.detections
+        assert {d.class_id for d in detections.detections} == {d.class_id for d in masks.detections} == {OBJECT}
+    finally:
+        set_parameter(probe.node, probe.spin_until, "detector", "masks_scope", "instruction")
+    header = probe.stream_until_answered(("detections",))
+    assert {d.class_id for d in probe.wait_for("detections", header).detections} == {"cup"}
 
 
 def test_slow_model_never_builds_a_queue(graph):

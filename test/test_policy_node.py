@@ -246,8 +246,10 @@ def test_the_policy_graph_runs_the_features_of_the_policys_backbone(checkpoint, 
     assert values["pick"] == {"grasp_source": "policy"}
     assert values["policy"] == {"dry_run": True, "checkpoint": checkpoint}
     assert values["sim"] == {"ground_truth_masks": True, "masks_scope": "all_objects"}
-    assert pick_graph_params(False, True, "policy", checkpoint=checkpoint) == {k: values[k] for k in
-                                                                           ("features", "pick", "policy")}
+    robot = pick_graph_params(False, True, "policy", checkpoint=checkpoint)
+    assert robot == {**{k: values[k] for k in ("features", "pick", "policy")},
+                     "detector": {"masks_scope": "all_objects"}}   # on a robot the detector's boxes hold every object
+    assert pick_graph_params(True, True, "policy", checkpoint=checkpoint)["sim"] == {"ground_truth_masks": False}
     assert POLICY not in pick_graph(True, False)
     assert pick_graph_params(True, False) == {"sim": {"ground_truth_masks": True}}
     with pytest.raises(ValueError, match="grasp_source"):

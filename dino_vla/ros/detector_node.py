@@ -1,5 +1,6 @@
 """detector node: camera image + instruction -> Grounding DINO boxes (dino_vla/DetectionArray on
-`detections`). The instruction changes at run time on the `instruction` topic or parameter."""
+`detections`). The instruction changes at run time on the `instruction` topic or parameter. With
+masks_scope all_objects the boxes are of every object (prompt `object`), whatever the instruction names."""
 from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -22,7 +23,7 @@ class DetectorNode(PerceptionNode):
     def __init__(self):
         super().__init__()
         try:
-            self.query = self.query_for(self.params["instruction"])
+            self.query = self.query_for(self.params["instruction"], self.params["masks_scope"])
         except InstructionError as err:
             raise ConfigError(f"parameter instruction: {err}") from None
         self.get_logger().info(f"looking for {self.query.prompt!r} ({self.query.instruction!r})")
@@ -32,16 +33,21 @@ class DetectorNode(PerceptionNode):
         self.create_subscription(String, "instruction", self.on_instruction, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
-    def query_for(self, instruction: str) -> GroundingQuery:
+    def query_for(self, instruction: str, scope: str | None = None) -> GroundingQuery:
         """Parsed, and checked against what this detector's text encoder can read, before it is used."""
-        query = parse_instruction(instruction)
+        if (scope or self.params["masks_scope"]) == "all_objects":
+            query = GroundingQuery.every_object(instruction)
+        else:
+            query = parse_instruction(instruction)
         self.pipeline.detector.check_phrases(query.phrases)
         return query
 
     def apply_parameters(self, updated) -> None:
-        if "instruction" in updated:
-            self.query = self.query_for(updated["instruction"])  # InstructionError rejects the change
-            self.get_logger().info(f"instruction parameter: now looking for {self.query.prompt!r}")
+        if "instruction" in updated or "masks_scope" in updated:
+            # InstructionError rejects the change
+            self.query = self.query_for(updated.get("instruction", self.query.instruction),
+                                        updated.get("masks_scope"))
+            self.get_logger().info(f"now looking for {self.query.prompt!r}")
         for name in _THRESHOLDS:
             if name in updated:
                 setattr(self.pipeline.detector, name, updated[name])

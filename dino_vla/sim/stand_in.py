@@ -7,11 +7,11 @@ from typing import Sequence
 
 import numpy as np
 
+from dino_vla.instruction import OBJECT
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
 from dino_vla.types import Detections, Masks
 
 SOURCE = "simulator ground truth"
-OBJECT = "object"   # the one label of class-agnostic masks
 
 
 def ground_truth_perception(sim: TabletopSim, frame: RenderedFrame, phrases: Sequence[str]
