@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from rclpy.action.client import ClientGoalHandle
 from rclpy.task import Future
 from sensor_msgs.msg import PointCloud2
 from visualization_msgs.msg import MarkerArray
@@ -137,6 +138,22 @@ def test_a_lost_goal_response_is_recovered_from_the_status_topic(lonely, monkeyp
     record = client.pick("pick up the cup", 30, running)
     assert len(sent) == 1
     assert record.result.failure_reason == "timeout" and "1.5 s" in record.result.message
+
+
+def test_a_lost_result_response_is_asked_for_again(lonely, monkeypatch):
+    """The same race on the result service: the goal has ended on the server (status topic) but the answer
+    never came, so the client asks for the result again."""
+    running, client = lonely
+    requests = []
+    real = ClientGoalHandle.get_result_async
+
+    def first_answer_lost(handle):
+        requests.append(real(handle))
+        return Future() if len(requests) == 1 else requests[-1]
+
+    monkeypatch.setattr(ClientGoalHandle, "get_result_async", first_answer_lost)
+    record = client.pick("pick up the cup", 30, running)
+    assert len(requests) >= 2 and record.result.failure_reason == "timeout"
 
 
 def test_class_agnostic_masks_hold_every_visible_object(graph):
