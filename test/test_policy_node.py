@@ -28,10 +28,10 @@ from dino_vla.ros.conversions import numpy_to_image
 from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.messages import camera_info_msg, detections_to_msg, features_to_msg, masks_to_msg, stamp_ns
 from dino_vla.ros.pick_client import PickClient
-from dino_vla.sim.mujoco_sim import TabletopSim
-from dino_vla.sim.scene import CAMERA_FRAME, random_scene
+from dino_vla.sim.scene import CAMERA_FRAME
 from dino_vla.sim.stand_in import SOURCE, class_agnostic
 from ros_helpers import set_parameter
+from sim_frames import settled_frame
 
 CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "policy.yaml")]
 # a 1 mm box far from every object: whatever the untrained policy decides lands outside it
@@ -118,19 +118,10 @@ def checkpoint(tiny_models, tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def observation(tiny_models, tmp_path_factory):
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("mujoco"))   # MuJoCo writes MUJOCO_LOG.TXT into the working directory
-    try:
-        with TabletopSim(random_scene(3, "cup", 3), width=320, height=240) as sim:
-            sim.settle()
-            frame = sim.render()
-            detections, masks = sim.ground_truth_all(frame)
-            intrinsics = sim.intrinsics()
-    finally:
-        os.chdir(cwd)
-    features = FeaturesModel.load(tiny_models.features, device="cpu").extract(frame.rgb)
-    return {"rgb": frame.rgb, "features": features, "depth": frame.depth, "intrinsics": intrinsics,
-            "detections": class_agnostic(detections), "masks": masks}
+    s = settled_frame(3, tmp_path_factory.mktemp("mujoco"))
+    features = FeaturesModel.load(tiny_models.features, device="cpu").extract(s.frame.rgb)
+    return {"rgb": s.frame.rgb, "features": features, "depth": s.frame.depth, "intrinsics": s.intrinsics,
+            "detections": class_agnostic(s.detections), "masks": s.masks}
 
 
 @pytest.fixture(scope="module")

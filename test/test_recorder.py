@@ -26,9 +26,9 @@ from dino_vla.ros.conversions import numpy_to_image
 from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.messages import camera_info_msg, detections_to_msg, grasp_to_msg, masks_to_msg, stamp_ns
 from dino_vla.ros.recorder_node import SOURCE
-from dino_vla.sim.mujoco_sim import TabletopSim
-from dino_vla.sim.scene import CAMERA_FRAME, random_scene
+from dino_vla.sim.scene import CAMERA_FRAME
 from dino_vla.types import Grasp, Object3D
+from sim_frames import settled_frame
 
 CONFIG = [str(config_dir() / "policy.yaml")]
 
@@ -71,17 +71,9 @@ def test_objects_in_another_frame_are_refused():
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("mujoco"))   # MuJoCo writes MUJOCO_LOG.TXT into the working directory
-    try:
-        with TabletopSim(random_scene(5, "cup", 3), width=320, height=240) as sim:
-            sim.settle()
-            frame = sim.render()
-            detections, masks = sim.ground_truth_all(frame)
-            return {"frame": frame, "detections": detections, "masks": masks, "intrinsics": sim.intrinsics(),
-                    "cup": sim.object_poses()["cup"].translation, "camera_pose": sim.camera_pose()}
-    finally:
-        os.chdir(cwd)
+    s = settled_frame(5, tmp_path_factory.mktemp("mujoco"))
+    return {"frame": s.frame, "detections": s.detections, "masks": s.masks, "intrinsics": s.intrinsics,
+            "cup": s.object_positions["cup"], "camera_pose": s.camera_pose}
 
 
 def _command(stamp: Header, position, instruction: str, dry_run: bool) -> GraspCommand:

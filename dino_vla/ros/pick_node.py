@@ -50,12 +50,6 @@ class _StartupGoal:
     abort = canceled = succeed
 
 
-def _fresh(msg, since_ns: int, instruction: str):
-    """`msg` (masks + depth, or a policy grasp) when it was made for `instruction` from perception stamped at or
-    after since_ns, else None."""
-    return msg if msg is not None and stamp_ns(msg.header) >= since_ns and msg.instruction == instruction else None
-
-
 class PickNode(ConfiguredNode):
     STAGE = "pick"
     MULTI_THREADED = True
@@ -197,16 +191,30 @@ class PickNode(ConfiguredNode):
                               outcome.reason or "the executor reports failure")
         result.message = f"lifted {outcome.lifted_object or grasp.phrase} {outcome.lifted_m:.3f} m ({basis})"
 
+    def _wait_for_fresh(self, goal_handle, newest: Callable[[], T | None], since_ns: int, instruction: str,
+                        waiting: str, missing: str, upstream: str) -> T:
+        """newest() (masks + depth, or a policy grasp) once it was made for `instruction` from perception stamped
+        at or after since_ns; a `timeout` failure naming `missing` and `upstream` after perception_timeout_s."""
+        self._feedback(goal_handle, "waiting_for_perception", waiting)
+        timeout = self.params["perception_timeout_s"]
+
+        def fresh():
+            msg = newest()
+            made_for_goal = msg is not None and stamp_ns(msg.header) >= since_ns and msg.instruction == instruction
+            return msg if made_for_goal else None
+
+        found = self._wait(goal_handle, fresh, timeout)
+        if found is None:
+            raise PickFailure("timeout", f"no {missing} within {timeout:g} s: are {upstream} running?")
+        return found
+
     def _planned_grasp(self, goal_handle, instruction: str, query, since: int, result: Pick.Result
                        ) -> tuple[Header, Grasp, str, str]:
         """The geometric planner's grasp for the instruction's target in the first masks + depth newer than
         the goal: (header with the masks' stamp, grasp, command source, what it was based on)."""
-        self._feedback(goal_handle, "waiting_for_perception", f"masks of {query.prompt!r} newer than the goal")
-        timeout = self.params["perception_timeout_s"]
-        m = self._wait(goal_handle, lambda: _fresh(self._latest, since, instruction), timeout)
-        if m is None:
-            raise PickFailure("timeout", f"no masks + depth for {instruction!r} within {timeout:g} s: are the "
-                                         "camera, detector and segmenter (or simulator) running?")
+        m = self._wait_for_fresh(goal_handle, lambda: self._latest, since, instruction,
+                                 f"masks of {query.prompt!r} newer than the goal", f"masks + depth for {instruction!r}",
+                                 "the camera, detector and segmenter (or simulator)")
         result.perception_source = m.source
         self._feedback(goal_handle, "localising", f"{len(m.detections)} detection(s) from {m.source}")
         try:
@@ -224,13 +232,10 @@ class PickNode(ConfiguredNode):
                           ) -> tuple[Header, Grasp, str, str]:
         """The newest policy grasp made for `instruction` from perception newer than the goal, checked against
         this node's own workspace and gripper: (its header, grasp, its source, what it was based on)."""
-        self._feedback(goal_handle, "waiting_for_perception", f"a policy grasp for {instruction!r} newer than "
-                                                              "the goal on policy/grasp")
-        timeout = self.params["perception_timeout_s"]
-        msg = self._wait(goal_handle, lambda: _fresh(self._policy_grasp, since, instruction), timeout)
-        if msg is None:
-            raise PickFailure("timeout", f"no policy grasp for {instruction!r} on policy/grasp within {timeout:g} s: "
-                                         "are the camera, features, masks (or simulator) and policy nodes running?")
+        msg = self._wait_for_fresh(goal_handle, lambda: self._policy_grasp, since, instruction,
+                                   f"a policy grasp for {instruction!r} newer than the goal on policy/grasp",
+                                   f"policy grasp for {instruction!r} on policy/grasp",
+                                   "the camera, features, masks (or simulator) and policy nodes")
         result.perception_source = msg.source
         if msg.header.frame_id != self.params["target_frame"]:
             raise PickFailure("wrong_frame", f"the policy's grasp is in {msg.header.frame_id!r}, this node works in "
