@@ -1,10 +1,24 @@
 import os
+import signal
 
 # Never let a test reach for a model hub: every model is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import pytest
+
+# A test past 300 s is hung: pytest.ini's faulthandler_timeout prints every thread's stack, then SIGALRM's
+# default action ends the run. Both work while C code holds the GIL (a Fast DDS take() spinning forever was
+# seen to), which a watchdog written in Python cannot.
+HUNG_TEST_S = 330
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(HUNG_TEST_S)
+    yield
+    signal.alarm(0)
 
 
 @pytest.fixture(scope="session")

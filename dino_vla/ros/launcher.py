@@ -42,7 +42,7 @@ class RunningGraph:
         return None
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        # SIGINT, not SIGKILL: Fast DDS only removes its shared-memory segments on a clean exit
+        # SIGINT, not SIGKILL: rclpy shuts down cleanly and Fast DDS tells its peers the participant left
         for proc in self.processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGINT)
