@@ -1,5 +1,9 @@
 """The one parameter schema of the package's nodes. Nodes declare their ROS parameters from it, and the
-CLI and benchmarks read the same YAML file (ROS 2 params-file format) through it."""
+CLI and benchmarks read the same YAML file (ROS 2 params-file format) through it.
+
+A leaf: it imports nothing of the project (and no torch), so every layer, the torch-free geometric nodes
+included, can read parameters. The constants the schema needs (default weights, grasp sources) live here
+and the modules that use them import them from here."""
 from __future__ import annotations
 
 import math
@@ -10,8 +14,13 @@ from typing import Any
 
 import yaml
 
-from dino_vla.graph import GRASP_SOURCES
-from dino_vla.models import detector, features, segmenter
+# Default weights of the perception stages (Hugging Face hub ids); the model adapters default to these too.
+DEFAULT_MODELS = {"features": "facebook/dinov2-small", "detector": "IDEA-Research/grounding-dino-tiny",
+                  "segmenter": "facebook/sam-vit-base"}
+# which weights the perception stages run: pretrained, tiny random-weight ones, or pretrained where they can be had
+MODEL_CHOICES = ("auto", "pretrained", "tiny")
+GRASP_SOURCES = ("planner", "policy")   # where the pick node's grasps come from
+SHIPPED_CHECKPOINT = "shipped"          # the policy `checkpoint` value naming the package's own checkpoint
 
 
 class ConfigError(ValueError):
@@ -84,8 +93,8 @@ def _common(default_model: str) -> tuple[ParamSpec, ...]:
 
 
 NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
-    "features": _common(features.DEFAULT_MODEL),
-    "detector": _common(detector.DEFAULT_MODEL) + (
+    "features": _common(DEFAULT_MODELS["features"]),
+    "detector": _common(DEFAULT_MODELS["detector"]) + (
         ParamSpec("instruction", "pick up the cup", "what to look for; changeable at run time here or "
                   "on the instruction topic"),
         ParamSpec("box_threshold", 0.35, "minimum box score kept", range=(0.0, 1.0)),
@@ -99,7 +108,7 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "finds for the prompt `object`, each labelled `object`: the class-agnostic masks the VLA "
                   "policy grounds the instruction in)", choices=("instruction", "all_objects")),
     ),
-    "segmenter": _common(segmenter.DEFAULT_MODEL) + (
+    "segmenter": _common(DEFAULT_MODELS["segmenter"]) + (
         ParamSpec("image_cache_size", 30, "recent images kept to pair with detections by stamp; must "
                   "cover camera rate x detector latency (30 = 1 s at 30 Hz)", range=(1, 300), read_only=True),
     ),
@@ -195,7 +204,7 @@ NODE_PARAMS.update({
                   range=(0.02, 0.5)),
     ),
     "policy": _camera_inputs() + _cell() + (
-        ParamSpec("checkpoint", "shipped", "policy checkpoint directory, or `shipped` for the one in the package "
+        ParamSpec("checkpoint", SHIPPED_CHECKPOINT, "policy checkpoint directory, or `shipped` for the one in the package "
                   "(dino_vla/policy/checkpoints/sim-tiny); loaded at start-up", pattern=r"\S(.*\S)?",
                   read_only=True),
         _DEVICE,
@@ -215,7 +224,7 @@ NODE_PARAMS.update({
                   "modulo pi: the gripper is symmetric)", range=(0.001, 50.0)),
     ),
     "recorder": _localisation() + (
-        ParamSpec("output_dir", "", "dataset directory (required): dino_vla.policy.dataset format",
+        ParamSpec("output_dir", "", "dataset directory (required): dino_vla.dataset.format",
                   read_only=True),
         ParamSpec("append", False, "add to the dataset already in output_dir; otherwise an existing dataset "
                   "there is an error", read_only=True),
@@ -268,15 +277,6 @@ def load_config(*paths: str | Path) -> dict[str, dict[str, Any]]:
             validate_params(node, merged, f"{path.name}: {key}")
             found[node] = merged
     return {node: validate_params(node, found.get(node, {}), node) for node in NODE_PARAMS}
-
-
-def policy_checkpoint(value: str) -> str:
-    """The policy node's `checkpoint` parameter as a directory: `shipped` is the one in the package."""
-    if value != "shipped":
-        return value
-    from dino_vla.policy.runner import shipped_checkpoint
-
-    return shipped_checkpoint()
 
 
 def config_dir() -> Path:

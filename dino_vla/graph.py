@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from dino_vla.config import GRASP_SOURCES
+
 
 @dataclass(frozen=True)
 class CameraTopics:
@@ -23,20 +25,23 @@ class NodeSpec:
     executable: str   # in lib/dino_vla, for launch_ros
     module: str       # python -m entry, for the local starter
     camera: tuple[str, ...] = ("image",)  # CameraTopics fields it subscribes (the sim: publishes)
+    # an output the node publishes only once it can work (after loading its model): a starter waits for
+    # every node's before it sends work, since model nodes take far longer to start than the others
+    ready_topic: str = ""
 
 
-FEATURES = NodeSpec("features", "features_node", "dino_vla.ros.features_node")
-DETECTOR = NodeSpec("detector", "detector_node", "dino_vla.ros.detector_node")
-SEGMENTER = NodeSpec("segmenter", "segmenter_node", "dino_vla.ros.segmenter_node")
-LOCALISER = NodeSpec("localiser", "localiser_node", "dino_vla.ros.localiser_node", ("depth", "camera_info"))
-PICK = NodeSpec("pick", "pick_node", "dino_vla.ros.pick_node", ("depth", "camera_info"))
-SIM = NodeSpec("sim", "sim_node", "dino_vla.ros.sim_node", ("image", "depth", "camera_info"))
-POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("depth", "camera_info"))
+FEATURES = NodeSpec("features", "features_node", "dino_vla.ros.features_node", ready_topic="features")
+DETECTOR = NodeSpec("detector", "detector_node", "dino_vla.ros.detector_node", ready_topic="detections")
+SEGMENTER = NodeSpec("segmenter", "segmenter_node", "dino_vla.ros.segmenter_node", ready_topic="masks")
+LOCALISER = NodeSpec("localiser", "localiser_node", "dino_vla.ros.localiser_node", ("depth", "camera_info"),
+                     "objects")
+PICK = NodeSpec("pick", "pick_node", "dino_vla.ros.pick_node", ("depth", "camera_info"), "grasp_command")
+SIM = NodeSpec("sim", "sim_node", "dino_vla.ros.sim_node", ("image", "depth", "camera_info"), "grasp_outcome")
+POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("depth", "camera_info"), "policy/grasp")
 RECORDER = NodeSpec("recorder", "recorder_node", "dino_vla.ros.recorder_node", ("image", "depth", "camera_info"))
 ALL_NODES = (FEATURES, DETECTOR, SEGMENTER, LOCALISER, PICK, SIM, POLICY, RECORDER)
 
 PERCEPTION_GRAPH = (FEATURES, DETECTOR, SEGMENTER)
-GRASP_SOURCES = ("planner", "policy")   # where the pick node's grasps come from
 
 
 def pick_graph(simulated: bool, model_perception: bool, grasp_source: str = "planner") -> tuple[NodeSpec, ...]:
@@ -63,11 +68,11 @@ def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str
     pick_graph(simulated, model_perception, grasp_source)   # the same checks
     out: dict[str, dict[str, Any]] = {"sim": {"ground_truth_masks": not model_perception}} if simulated else {}
     if grasp_source == "policy":
-        from dino_vla.config import load_config, policy_checkpoint
-        from dino_vla.policy.checkpoint import read_info
+        from dino_vla.config import load_config
+        from dino_vla.policy.checkpoint import read_info, resolve_checkpoint
 
         checkpoint = checkpoint or load_config(*params_files)["policy"]["checkpoint"]
-        out.update(features={"model": read_info(policy_checkpoint(checkpoint)).backbone},
+        out.update(features={"model": read_info(resolve_checkpoint(checkpoint)).backbone},
                    pick={"grasp_source": "policy"}, policy={"dry_run": True, "checkpoint": checkpoint})
         if model_perception:
             out["detector"] = {"masks_scope": "all_objects"}

@@ -10,8 +10,9 @@ import numpy as np
 
 from dino_vla.config import ConfigError
 from dino_vla.geometry.grasp_planner import GraspPlanner, GraspRefused, GripperSpec, Workspace
+from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, localise
-from dino_vla.types import CameraIntrinsics, Detections, Grasp, Masks, Object3D, RigidTransform
+from dino_vla.types import Detections, Grasp, Masks, Object3D, RigidTransform
 
 # Result codes of a pick (also the Pick action's failure_reason); GraspRefused adds its own reasons.
 FAILURE_REASONS = ("bad_instruction", "timeout", "no_object", "no_points", "too_wide", "outside_workspace",
@@ -26,15 +27,6 @@ class PickFailure(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class DepthFrame:
-    """Depth aligned to the image the masks were computed on, with that image's intrinsics."""
-
-    depth: np.ndarray          # (H, W) uint16 millimetres or float32 metres
-    intrinsics: CameraIntrinsics
-    frame: str                 # the camera's optical frame
 
 
 @dataclass(frozen=True)
@@ -78,8 +70,7 @@ def localise_detections(frame: DepthFrame, detections: Detections, masks: Masks,
     out: list[Object3D | NoPointsError] = []
     for i in range(len(detections)):
         try:
-            obj = localise(frame.depth, masks.masks[i], frame.intrinsics, frame.frame, detections.phrases[i],
-                           float(detections.scores[i]), settings)
+            obj = localise(frame, masks.masks[i], detections.phrases[i], float(detections.scores[i]), settings)
             out.append(obj if camera_to_target is None else obj.transformed(camera_to_target))
         except NoPointsError as err:
             out.append(err)
@@ -118,8 +109,8 @@ class PickPlanner:
         problems = []
         for index in candidates:
             try:
-                chosen = localise(frame.depth, masks.masks[index], frame.intrinsics, frame.frame, target_phrase,
-                                  float(detections.scores[index]), self.settings.localiser).transformed(camera_to_target)
+                chosen = localise(frame, masks.masks[index], target_phrase, float(detections.scores[index]),
+                                  self.settings.localiser).transformed(camera_to_target)
                 break
             except NoPointsError as err:
                 problems.append(err)

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 
-from dino_vla.bench import NAIVE, _fixed_boxes
+from dino_vla.pipeline.benchmark import NAIVE, _fixed_boxes
 from dino_vla.cli import main
 from dino_vla.types import Detections
 

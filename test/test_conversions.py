@@ -7,10 +7,11 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from dino_vla.geometry import depth_to_metres
 from dino_vla.ros.conversions import (
     SUPPORTED_ENCODINGS,
     ImageConversionError,
-    depth_to_metres,
+    depth_image,
     image_to_numpy,
     image_to_rgb,
     numpy_to_image,
@@ -96,7 +97,7 @@ def test_big_endian_16uc1():
     out = image_to_numpy(msg)
     assert out.dtype == np.uint16 and out.dtype.isnative
     np.testing.assert_array_equal(out, values)
-    np.testing.assert_allclose(depth_to_metres(msg)[0], [0.001, 0.258, 65.535], rtol=1e-6)
+    np.testing.assert_allclose(depth_to_metres(depth_image(msg))[0], [0.001, 0.258, 65.535], rtol=1e-6)
 
 
 def test_big_endian_32fc1_with_padding():
@@ -200,7 +201,7 @@ def test_numpy_to_image_rejects(arr, encoding, match):
 
 def test_depth_16uc1_to_metres():
     mm = np.array([[0, 1500], [1, 65535]], np.uint16)
-    out = depth_to_metres(numpy_to_image(mm, "16UC1"))
+    out = depth_to_metres(depth_image(numpy_to_image(mm, "16UC1")))
     assert out.dtype == np.float32 and out.shape == (2, 2)
     assert np.isnan(out[0, 0]) and out[0, 1] == np.float32(1.5)
     np.testing.assert_allclose(out[1], [0.001, 65.535], rtol=1e-6)
@@ -208,7 +209,7 @@ def test_depth_16uc1_to_metres():
 
 def test_depth_32fc1_to_metres():
     m = np.array([[np.inf, -np.inf, 0.0], [1.25, np.nan, 3.0]], np.float32)
-    out = depth_to_metres(numpy_to_image(m, "32FC1"))
+    out = depth_to_metres(depth_image(numpy_to_image(m, "32FC1")))
     assert out.dtype == np.float32
     np.testing.assert_array_equal(np.isnan(out), [[True, True, True], [False, True, False]])
     assert out[1, 0] == 1.25 and out[1, 2] == 3.0
@@ -218,7 +219,7 @@ def test_depth_32fc1_to_metres():
 def test_depth_rejects_colour(encoding):
     arr = np.zeros((2, 2, 3) if encoding != "mono8" else (2, 2), np.uint8)
     with pytest.raises(ImageConversionError, match=encoding):
-        depth_to_metres(numpy_to_image(arr, encoding))
+        depth_image(numpy_to_image(arr, encoding))
 
 
 def test_header_copied():
@@ -244,7 +245,7 @@ def test_output_does_not_alias_message(fn):
 
 def test_depth_does_not_alias_message():
     msg = numpy_to_image(np.full((2, 2), 1.0, np.float32), "32FC1")
-    out = depth_to_metres(msg)
+    out = depth_to_metres(depth_image(msg))
     out[...] = 7.0
     np.testing.assert_array_equal(image_to_numpy(msg), 1.0)
 

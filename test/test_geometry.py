@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dino_vla.geometry import (LocaliserSettings, NoPointsError, align_to_gravity, depth_to_metres,
+from dino_vla.geometry import (DepthFrame, LocaliserSettings, NoPointsError, align_to_gravity, depth_to_metres,
                                gravity_aligned_box, localise, principal_box)
 from dino_vla.types import CameraIntrinsics, Object3D, RigidTransform
 
@@ -84,7 +84,7 @@ def cup_centre_error(obj_camera: Object3D, camera: RigidTransform) -> float:
 
 def test_cylinder_centre_within_5mm_once_gravity_aligned(cup_view):
     camera, depth, mask = cup_view
-    obj = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    obj = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     assert obj.frame == CAMERA_FRAME and obj.phrase == "cup" and obj.score == pytest.approx(0.9)
     assert len(obj.points) > 2000
     upright = align_to_gravity(obj.transformed(camera))
@@ -100,7 +100,7 @@ def test_visible_surface_box_is_biased_toward_the_camera(cup_view):
     """The camera-frame box bounds what the camera sees: the front half-shell and the top, so its centre
     sits off the axis toward the camera - what align_to_gravity corrects."""
     camera, depth, mask = cup_view
-    obj = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    obj = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     local = (obj.points - obj.centroid) @ obj.rotation
     assert np.all(np.abs(local) <= obj.extent / 2 + 1e-6)
     assert np.abs(local).max(axis=0) == pytest.approx(obj.extent / 2, abs=1e-6)
@@ -111,12 +111,12 @@ def test_visible_surface_box_is_biased_toward_the_camera(cup_view):
 
 def test_invalid_and_out_of_range_depth_is_ignored(cup_view):
     camera, depth, mask = cup_view
-    clean = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    clean = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     noisy = depth.copy()
     rows, cols = np.nonzero(mask)
     pick = np.random.default_rng(0).choice(len(rows), size=len(rows) // 10, replace=False)
     noisy[rows[pick], cols[pick]] = np.resize(np.float32([np.nan, 0.0, np.inf, -np.inf, 0.05, 3.5, 40.0]), len(pick))
-    sprinkled = localise(noisy, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    sprinkled = localise(DepthFrame(noisy, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     assert len(sprinkled.points) < len(clean.points)
     assert cup_centre_error(sprinkled, camera) < 0.005
     assert np.linalg.norm(align_to_gravity(sprinkled.transformed(camera)).centroid
@@ -125,20 +125,20 @@ def test_invalid_and_out_of_range_depth_is_ignored(cup_view):
 
 def test_millimetre_depth_gives_the_same_answer(cup_view):
     camera, depth, mask = cup_view
-    metres = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
-    millimetres = localise(np.round(depth * 1000).astype(np.uint16), mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    metres = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
+    millimetres = localise(DepthFrame(np.round(depth * 1000).astype(np.uint16), INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     assert np.linalg.norm(millimetres.centroid - metres.centroid) < 0.001
     assert cup_centre_error(millimetres, camera) < 0.005
 
 
 def test_far_outliers_inside_the_mask_are_removed(cup_view):
     camera, depth, mask = cup_view
-    clean = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    clean = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     flying = depth.copy()
     rows, cols = np.nonzero(mask)
     pick = np.random.default_rng(1).choice(len(rows), size=8, replace=False)
     flying[rows[pick], cols[pick]] = 2.9
-    obj = localise(flying, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    obj = localise(DepthFrame(flying, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     assert obj.points[:, 2].max() < 1.5
     # compared upright: the camera-frame principal box turns by a degree or two for a few points less
     assert np.linalg.norm(align_to_gravity(obj.transformed(camera)).centroid
@@ -150,25 +150,25 @@ def test_empty_mask_and_no_depth_say_why():
     depth = np.full((INTRINSICS.height, INTRINSICS.width), 0.8, np.float32)
     mask = np.zeros(depth.shape, bool)
     with pytest.raises(NoPointsError, match=r"no valid depth inside the mask of 'cup' \(mask 0 px\)"):
-        localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+        localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     mask[100:120, 100:110] = True
     depth[mask] = 0.0
     with pytest.raises(NoPointsError, match=r"'cup': 200 px in mask, 0 with depth in \[0.1, 3.0\] m"):
-        localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+        localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     depth[100:105, 100:104] = 0.8
     with pytest.raises(NoPointsError, match=r"too few points for 'cup': 200 px in mask, 20 with .*; need 30"):
-        localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+        localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
 
 
 def test_shape_and_dtype_mismatches_are_rejected():
     depth = np.ones((INTRINSICS.height, INTRINSICS.width), np.float32)
     mask = np.ones(depth.shape, bool)
-    with pytest.raises(ValueError, match="must both match"):
-        localise(depth, mask[:, 1:], INTRINSICS, CAMERA_FRAME, "cup", 0.9)
-    with pytest.raises(ValueError, match="must both match"):
-        localise(depth[1:], mask[1:], INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    with pytest.raises(ValueError, match="must match the depth's"):
+        localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask[:, 1:], "cup", 0.9)
+    with pytest.raises(ValueError, match="depth must be aligned to the colour image"):
+        localise(DepthFrame(depth[1:], INTRINSICS, CAMERA_FRAME), mask[1:], "cup", 0.9)
     with pytest.raises(ValueError, match="mask must be bool"):
-        localise(depth, mask.astype(np.uint8), INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+        localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask.astype(np.uint8), "cup", 0.9)
     with pytest.raises(ValueError, match="uint16 millimetres .* or float32 metres"):
         depth_to_metres(depth.astype(np.float64))
 
@@ -191,8 +191,8 @@ def test_settings_are_validated(bad):
 
 def test_voxel_downsampling_keeps_the_centre(cup_view):
     camera, depth, mask = cup_view
-    obj = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9, LocaliserSettings(voxel_size_m=0.005))
-    full = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    obj = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9, LocaliserSettings(voxel_size_m=0.005))
+    full = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     assert len(obj.points) < len(full.points) / 2
     assert cup_centre_error(obj, camera) < 0.005
 
@@ -244,7 +244,7 @@ def test_gravity_aligned_box_of_a_rendered_box():
     camera = CAMERAS["45deg"]
     yaw = np.radians(30)
     depth, mask = render(camera, box((0.0, 0.05), yaw, (0.08, 0.04, 0.06)))
-    obj = align_to_gravity(localise(depth, mask, INTRINSICS, CAMERA_FRAME, "box", 0.5).transformed(camera))
+    obj = align_to_gravity(localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "box", 0.5).transformed(camera))
     np.testing.assert_allclose(obj.centroid, [0.0, 0.05, TABLE_Z + 0.03], atol=0.004)
     np.testing.assert_allclose(obj.extent, [0.08, 0.04, 0.06], atol=0.004)
     assert abs(np.sin(np.arctan2(obj.rotation[1, 0], obj.rotation[0, 0]) - yaw)) < 0.02
@@ -252,7 +252,7 @@ def test_gravity_aligned_box_of_a_rendered_box():
 
 def test_transformed_matches_transforming_by_hand(cup_view):
     camera, depth, mask = cup_view
-    obj = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9)
+    obj = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
     moved = obj.transformed(camera)
     assert moved.frame == "base_link"
     np.testing.assert_allclose(moved.points, obj.points.astype(np.float64) @ camera.rotation.T + camera.translation,

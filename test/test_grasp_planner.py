@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dino_vla.geometry import GraspPlanner, GraspRefused, GripperSpec, Workspace, localise
+from dino_vla.geometry import DepthFrame, GraspPlanner, GraspRefused, GripperSpec, Workspace, localise
 from dino_vla.types import Object3D
 from test_geometry import CAMERA_FRAME, CAMERAS, INTRINSICS, box, cylinder, render
 
@@ -78,7 +78,7 @@ def test_rendered_cup_localised_then_planned_hits_the_axis(camera_name):
     camera = CAMERAS[camera_name]
     axis = np.array([0.02, -0.03])
     depth, mask = render(camera, cylinder(axis, 0.035, 0.10))
-    obj = localise(depth, mask, INTRINSICS, CAMERA_FRAME, "cup", 0.9).transformed(camera)
+    obj = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9).transformed(camera)
     grasp = PLANNER.plan(obj)
     assert np.linalg.norm(grasp.position[:2] - axis) < 0.01
     assert np.linalg.norm(grasp.position[:2] - axis) < 0.002      # what it actually achieves
@@ -102,7 +102,7 @@ def test_box_fingers_close_across_its_narrow_side(yaw_deg):
 def test_rendered_turned_box():
     camera, yaw = CAMERAS["45deg"], np.radians(-35)
     depth, mask = render(camera, box((0.0, 0.05), yaw, (0.08, 0.04, 0.06)))
-    grasp = PLANNER.plan(localise(depth, mask, INTRINSICS, CAMERA_FRAME, "box", 0.7).transformed(camera))
+    grasp = PLANNER.plan(localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "box", 0.7).transformed(camera))
     assert abs(np.sin(grasp.yaw - yaw)) < 0.03
     assert grasp.width == pytest.approx(0.05, abs=0.004)
     np.testing.assert_allclose(grasp.position[:2], [0.0, 0.05], atol=0.004)

@@ -17,7 +17,8 @@ from dino_vla.geometry.grasp_planner import REFUSAL_REASONS  # noqa: E402
 from dino_vla.geometry.localise import NoPointsError  # noqa: E402
 from dino_vla.geometry.transforms import transform_from_pose  # noqa: E402
 from dino_vla.instruction import parse_instruction  # noqa: E402
-from dino_vla.pick import (DepthFrame, PickFailure, PickPlanner, PickSettings,  # noqa: E402
+from dino_vla.geometry.depth import DepthFrame  # noqa: E402
+from dino_vla.pick import (PickFailure, PickPlanner, PickSettings,  # noqa: E402
                            localise_detections)
 from dino_vla.sim.mujoco_sim import TabletopSim  # noqa: E402
 from dino_vla.sim.scene import BASE_FRAME, CAMERA_FRAME, TABLE_HEIGHT, random_scene  # noqa: E402

@@ -8,18 +8,18 @@ import torch
 
 from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.config import CAMERA_POSE_IN_BASE
-from dino_vla.pick import DepthFrame
+from dino_vla.geometry.depth import DepthFrame
 from dino_vla.policy.checkpoint import CheckpointError, load_checkpoint, random_checkpoint, read_info
-from dino_vla.policy.dataset import Dataset, DatasetError, DatasetWriter, RecordedFrame
+from dino_vla.dataset.format import Dataset, DatasetError, DatasetWriter, RecordedFrame
 from dino_vla.policy.model import GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.runner import GraspPolicy, PolicyFailure
-from dino_vla.policy.sim_expert import class_agnostic, grasp_symmetry, record, scene_layout
+from dino_vla.dataset.sim_recording import record_sim_demonstrations
 from dino_vla.policy.tokens import (GEOMETRY_DIM, TARGET_DIM, fold_angle, grasp_from_target, grasp_target,
                                     patch_weights)
 from dino_vla.policy.train import TrainSettings, train
 from dino_vla.sim.mujoco_sim import TabletopSim
-from dino_vla.sim.scene import CAMERA_FRAME, catalogue_object
-from dino_vla.types import CameraIntrinsics, Features, Grasp, Masks, RigidTransform
+from dino_vla.sim.scene import CAMERA_FRAME, catalogue_object, varied_scene
+from dino_vla.types import CameraIntrinsics, Features, Grasp, Masks
 
 
 def _frame(h=48, w=64, seed=0) -> RecordedFrame:
@@ -100,7 +100,7 @@ def test_fold_angle_and_grasp_target_round_trip():
     assert grasp.width == pytest.approx(0.09) and grasp.frame == "base_link" and grasp.score == 0.9
     # round objects: any turn is the same grasp, so the target turn is 0
     assert grasp_target(np.zeros(3), 1.3, 0.09, anchor, symmetry=0)[3] == 0.0
-    assert [grasp_symmetry(catalogue_object(n)) for n in ("box", "block", "cup", "can", "ball")] == [4, 2, 2, 0, 0]
+    assert [catalogue_object(n).grasp_symmetry for n in ("box", "block", "cup", "can", "ball")] == [4, 2, 2, 0, 0]
 
 
 def test_patch_weights_follow_the_centre_crop():
@@ -151,7 +151,7 @@ def test_config_rejects_bad_sizes():
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory):
     root = tmp_path_factory.mktemp("demos") / "ds"
-    counts = record(root, scenes=3, first_seed=0)
+    counts = record_sim_demonstrations(root, scenes=3, first_seed=0)
     assert counts["frames"] == 3 and counts["episodes"] >= 9
     return root
 
@@ -205,14 +205,14 @@ def test_training_resumes_step_for_step(demos, tiny_models, tmp_path):
 def sim_observation(tiny_models):
     from dino_vla.models.features import DinoFeatures
 
-    spec, _ = scene_layout(5)
+    spec, _ = varied_scene(5)
     with TabletopSim(spec) as sim:
         sim.settle()
         frame = sim.render()
-        names, masks = class_agnostic(frame, sim)
+        everything, masks = sim.ground_truth_all(frame)
         depth = DepthFrame(frame.depth, sim.intrinsics(), CAMERA_FRAME)
         features = DinoFeatures.load(tiny_models.features).extract(frame.rgb)
-        return names, Masks(masks, np.ones(len(masks), np.float32)), depth, features, sim.camera_pose()
+        return list(everything.phrases), masks, depth, features, sim.camera_pose()
 
 
 def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation):
@@ -236,7 +236,7 @@ def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation
     other = Features(features.cls, features.patch_tokens, 14, (224, 224), "facebook/dinov2-small")
     with pytest.raises(PolicyFailure, match="trained on"):
         policy.decide("pick up the cup", other, depth, masks, camera_pose)
-    no_depth = DepthFrame(np.zeros_like(depth.depth), depth.intrinsics, depth.frame)
+    no_depth = DepthFrame(np.zeros_like(depth.metres), depth.intrinsics, depth.frame)
     with pytest.raises(PolicyFailure) as err:
         policy.decide("pick up the cup", features, no_depth, masks, camera_pose)
     assert err.value.reason == "no_points"
@@ -245,14 +245,14 @@ def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation
 def test_shipped_checkpoint_picks_held_out_scenes():
     """The checkpoint that ships with the package, on held-out seeds and held-out paraphrases, in MuJoCo."""
     from dino_vla.config import defaults
-    from dino_vla.policy.evaluate import EVAL_FIRST_SEED, evaluate
-    from dino_vla.policy.runner import shipped_checkpoint
+    from dino_vla.evaluation.policy import EVAL_FIRST_SEED, evaluate
+    from dino_vla.policy.checkpoint import resolve_checkpoint
 
-    report = evaluate(shipped_checkpoint(), 6, EVAL_FIRST_SEED + 500, defaults("pick"), progress=False)
+    report = evaluate(resolve_checkpoint("shipped"), defaults("pick"), 6, EVAL_FIRST_SEED + 500, progress=False)
     policy = report["overall"]["policy"]
     assert policy["correct_object_rate"] == 1.0 and policy["success_rate"] >= 5 / 6, report["overall"]
-    assert all(t["instruction"].split()[0] in ("grab", "lift", "pick", "would", "kindly", "please")
-               for t in report["trials"])
+    assert all(e["instruction"].split()[0] in ("grab", "lift", "pick", "would", "kindly", "please")
+               for e in report["episodes"])
 
 
 def test_finetuning_trains_the_backbone_and_ships_it(demos, tiny_models, tmp_path, sim_observation):
@@ -274,7 +274,7 @@ def test_finetuning_trains_the_backbone_and_ships_it(demos, tiny_models, tmp_pat
     with pytest.raises(PolicyFailure, match="trained on"):   # the untuned backbone's features are refused
         policy.decide("pick up the cup", features, depth, masks, camera_pose)
     tuned = DinoFeatures.load(policy.backbone)
-    spec, _ = scene_layout(5)
+    spec, _ = varied_scene(5)
     with TabletopSim(spec) as sim:
         sim.settle()
         frame = sim.render()

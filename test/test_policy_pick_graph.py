@@ -12,7 +12,7 @@ from dino_vla.config import config_dir
 from dino_vla.graph import pick_graph, pick_graph_params
 from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.pick_client import PickClient
-from dino_vla.policy.runner import shipped_checkpoint
+from dino_vla.policy.checkpoint import resolve_checkpoint
 
 CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "policy.yaml", "sim.yaml")]
 SEED = 3   # cup, and distractors around it
@@ -23,14 +23,16 @@ def graph(dds_env, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("policy-graph") / "nodes.log", "w+")
     node_params = pick_graph_params(True, False, "policy", CONFIG)
     node_params["sim"] = {**node_params.get("sim", {}), "seed": SEED}
-    running = start_graph(CONFIG, dict(dds_env, MUJOCO_GL="egl", OMP_NUM_THREADS="1"),
-                          specs=pick_graph(simulated=True, model_perception=False, grasp_source="policy"),
+    specs = pick_graph(simulated=True, model_perception=False, grasp_source="policy")
+    running = start_graph(CONFIG, dict(dds_env, MUJOCO_GL="egl", OMP_NUM_THREADS="1"), specs=specs,
                           node_params=node_params, stdout=log, stderr=subprocess.STDOUT)
     client = PickClient()
-    if not client.spin_until(client.client.server_is_ready, 120, running):
+    try:
+        client.wait_for_nodes(specs, 120, running)
+    except RuntimeError as err:
         running.stop()
         log.seek(0)
-        pytest.fail(f"policy pick graph did not come up:\n{log.read()[-3000:]}")
+        pytest.fail(f"policy pick graph did not come up: {err}\n{log.read()[-3000:]}")
     yield client, log
     client.close()
     running.stop()
@@ -39,7 +41,7 @@ def graph(dds_env, tmp_path_factory):
 
 def test_the_shipped_policy_uses_its_own_backbone():
     params = pick_graph_params(True, False, "policy", CONFIG)
-    assert Path(params["features"]["model"]).resolve() == (Path(shipped_checkpoint()) / "backbone").resolve()
+    assert Path(params["features"]["model"]).resolve() == (Path(resolve_checkpoint("shipped")) / "backbone").resolve()
 
 
 @pytest.mark.parametrize("instruction, target", [("grab the mug", "cup"), ("lift the white bottle", "bottle")])

@@ -20,8 +20,8 @@ from dino_vla.geometry.localise import NoPointsError
 from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.graph import RECORDER, CameraTopics
 from dino_vla.msg import GraspCommand, GraspOutcome, SegmentationMasks
-from dino_vla.policy.dataset import Dataset
-from dino_vla.policy.recording import grasped_object
+from dino_vla.dataset.format import Dataset
+from dino_vla.dataset.recording import grasped_object
 from dino_vla.ros.conversions import numpy_to_image
 from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.messages import camera_info_msg, detections_to_msg, grasp_to_msg, masks_to_msg, stamp_ns

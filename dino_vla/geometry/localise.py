@@ -17,7 +17,8 @@ import numpy as np
 import open3d as o3d
 from numpy.typing import ArrayLike
 
-from dino_vla.types import CameraIntrinsics, Object3D
+from dino_vla.geometry.depth import DepthFrame
+from dino_vla.types import Object3D
 
 
 class NoPointsError(ValueError):
@@ -46,34 +47,16 @@ class LocaliserSettings:
             raise ValueError(f"min_points must be >= 1, got {self.min_points}")
 
 
-def depth_to_metres(depth: np.ndarray) -> np.ndarray:
-    """(H, W) depth as 16UC1 millimetres (uint16) or 32FC1 metres (float32) -> float32 metres, with NaN
-    where the sensor has no reading (0, NaN or inf)."""
-    depth = np.asarray(depth)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
-    if depth.dtype == np.uint16:
-        metres = depth.astype(np.float32) / 1000.0
-    elif depth.dtype == np.float32:
-        metres = depth.copy()
-    else:
-        raise ValueError(f"depth must be uint16 millimetres (16UC1) or float32 metres (32FC1), got {depth.dtype}")
-    metres[~np.isfinite(metres) | (metres <= 0)] = np.nan
-    return metres
-
-
-def localise(depth: np.ndarray, mask: np.ndarray, intrinsics: CameraIntrinsics, frame: str, phrase: str,
-             score: float, settings: LocaliserSettings = LocaliserSettings()) -> Object3D:
-    """The object under `mask`, in `frame` (the depth image's optical frame: x right, y down, z forward).
+def localise(depth: DepthFrame, mask: np.ndarray, phrase: str, score: float,
+             settings: LocaliserSettings = LocaliserSettings()) -> Object3D:
+    """The object under `mask`, in depth.frame (the depth image's optical frame: x right, y down, z forward).
     Its box is `principal_box` of the visible points; see the module docstring for the object's centre."""
-    metres = depth_to_metres(depth)
+    metres, intrinsics = depth.metres, depth.intrinsics
     mask = np.asarray(mask)
     if mask.dtype != np.bool_:
         raise ValueError(f"mask must be bool, got {mask.dtype}")
-    size = (intrinsics.height, intrinsics.width)
-    if metres.shape != size or mask.shape != size:
-        raise ValueError(f"depth {metres.shape} and mask {mask.shape} must both match the intrinsics' "
-                         f"(height, width) {size}")
+    if mask.shape != metres.shape:
+        raise ValueError(f"mask {mask.shape} must match the depth's (height, width) {metres.shape}")
     in_mask = int(mask.sum())
     if in_mask == 0:
         raise NoPointsError(f"no valid depth inside the mask of {phrase!r} (mask 0 px)")
@@ -91,7 +74,7 @@ def localise(depth: np.ndarray, mask: np.ndarray, intrinsics: CameraIntrinsics, 
         raise NoPointsError(f"too few points for {phrase!r}: {in_mask} px in mask, {len(points)} with {depth_range}, "
                             f"{len(kept)} after downsampling and outlier removal; need {settings.min_points}")
     centre, rotation, extent = principal_box(kept)
-    return Object3D(phrase, float(score), frame, kept.astype(np.float32), centre, rotation, extent)
+    return Object3D(phrase, float(score), depth.frame, kept.astype(np.float32), centre, rotation, extent)
 
 
 def _remove_outliers(points: np.ndarray, settings: LocaliserSettings) -> np.ndarray:

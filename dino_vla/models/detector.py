@@ -11,10 +11,11 @@ from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
 from dino_vla.instruction import InstructionError, normalise_phrases, prompt_from_phrases
+from dino_vla.config import DEFAULT_MODELS
 from dino_vla.models.loading import load_model_and_processor
 from dino_vla.types import Detections
 
-DEFAULT_MODEL = "IDEA-Research/grounding-dino-tiny"
+DEFAULT_MODEL = DEFAULT_MODELS["detector"]
 
 
 class GroundingDetector:

@@ -6,10 +6,11 @@ import torch
 from PIL import Image
 from transformers import AutoImageProcessor, Dinov2Model
 
+from dino_vla.config import DEFAULT_MODELS
 from dino_vla.models.loading import load_model_and_processor
 from dino_vla.types import Features
 
-DEFAULT_MODEL = "facebook/dinov2-small"
+DEFAULT_MODEL = DEFAULT_MODELS["features"]
 
 
 class DinoFeatures:

@@ -12,6 +12,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import torch
 import transformers as T
@@ -22,9 +23,11 @@ _FORMAT = 1  # bump when the configs below change, so cached copies are rebuilt
 
 @dataclass(frozen=True)
 class ModelSources:
-    features: str
-    detector: str
-    segmenter: str
+    """Directory of each random-weight model; None for a stage that was not asked for."""
+
+    features: str | None = None
+    detector: str | None = None
+    segmenter: str | None = None
 
 
 def default_cache_root() -> Path:
@@ -93,13 +96,18 @@ def _segmenter(size: str):
 _BUILDERS = {"features": _features, "detector": _detector, "segmenter": _segmenter}
 
 
-def build_random_models(size: str = "tiny", root: str | Path | None = None, seed: int = 0) -> ModelSources:
-    """Write (once) and return the directories of the three random-weight models of ``size``."""
+def build_random_models(size: str = "tiny", root: str | Path | None = None, seed: int = 0,
+                        stages: Iterable[str] = tuple(_BUILDERS)) -> ModelSources:
+    """Write (once) and return the directories of the random-weight models of ``size`` for ``stages``."""
     if size not in SIZES:
         raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    stages = tuple(stages)
+    unknown = set(stages) - set(_BUILDERS)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {tuple(_BUILDERS)}")
     root = Path(root) if root is not None else default_cache_root()
     paths = {}
-    for stage, build in _BUILDERS.items():
+    for stage, build in ((s, _BUILDERS[s]) for s in stages):
         out = root / f"{size}-{stage}"
         stamp = out / "dino_vla_random.json"
         if not (stamp.is_file() and json.loads(stamp.read_text()).get("format") == _FORMAT):

@@ -6,10 +6,11 @@ import torch
 from PIL import Image
 from transformers import SamModel, SamProcessor
 
+from dino_vla.config import DEFAULT_MODELS
 from dino_vla.models.loading import load_model_and_processor
 from dino_vla.types import Masks
 
-DEFAULT_MODEL = "facebook/sam-vit-base"
+DEFAULT_MODEL = DEFAULT_MODELS["segmenter"]
 
 
 class Segmenter:

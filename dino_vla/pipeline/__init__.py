@@ -8,6 +8,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from dino_vla.config import MODEL_CHOICES
 from dino_vla.instruction import GroundingQuery, parse_instruction
 from dino_vla.models.detector import GroundingDetector
 from dino_vla.models.features import DinoFeatures
@@ -100,9 +101,6 @@ class PerceptionPipeline:
         masks = timed("segmenter", self.segment, image, dets) if self.segmenter else None
         timings["total"] = sum(timings.values())
         return PerceptionResult(query, dets, masks, feats, timings)
-
-
-MODEL_CHOICES = ("auto", "pretrained", "tiny")
 
 
 @dataclass(frozen=True)

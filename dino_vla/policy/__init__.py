@@ -1,3 +1,3 @@
-"""The VLA grasp policy (ROS-free): token inputs (tokens), the network (model), checkpoints, demonstration
-datasets (dataset, sim_expert, language), training (train), evaluation against the geometric baseline
-(evaluate) and the run-time GraspPolicy (runner)."""
+"""The VLA grasp policy (ROS-free): token inputs (tokens), the network (model), checkpoints, training (train)
+and the run-time GraspPolicy (runner), plus the bounds its commands go out under (limits). Its data are
+dino_vla.dataset's; its closed-loop evaluation is dino_vla.evaluation's."""

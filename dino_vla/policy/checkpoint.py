@@ -18,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from dino_vla.config import SHIPPED_CHECKPOINT
 from dino_vla.models.random_init import is_random_model
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.policy.model import GraspPolicyNet, PolicyConfig
@@ -25,10 +26,18 @@ from dino_vla.policy.model import GraspPolicyNet, PolicyConfig
 WEIGHTS = "policy.safetensors"
 TRAINING_STATE = "training_state.safetensors"
 BACKBONE_DIR = "backbone"
+# The checkpoint that ships with the package: trained by `dino-vla train` on simulator demonstrations over
+# the tiny random-weight DINOv2 stored inside it (see its README).
+SHIPPED_DIR = Path(__file__).parent / "checkpoints" / "sim-tiny"
 
 
 class CheckpointError(ValueError):
     pass
+
+
+def resolve_checkpoint(value: str | Path) -> str:
+    """A checkpoint as given (policy node parameter, --checkpoint) as a directory: `shipped` is the package's."""
+    return str(SHIPPED_DIR) if str(value) == SHIPPED_CHECKPOINT else str(value)
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,27 @@ def read_info(directory: str | Path) -> CheckpointInfo:
     if backbone == BACKBONE_DIR:
         backbone = str(Path(directory).resolve() / BACKBONE_DIR)
     return CheckpointInfo(config, backbone, meta.get("text_encoder", ""), json.loads(meta.get("training", "{}")))
+
+
+def write_model_card(directory: str | Path, training: dict) -> None:
+    """README.md of a checkpoint written by train(): what it was trained on, how, and what it reached."""
+    directory = Path(directory)
+    info = read_info(directory)
+    backbone = info.backbone
+    kind = ("RANDOM-WEIGHT tiny DINOv2 (stored in backbone/)" if is_random_model(backbone) else
+            f"{backbone} (fine-tuned by this run)" if training["settings"].get("finetune_backbone") else backbone)
+    last = training["history"][-1] if training["history"] else {}
+    (directory / "README.md").write_text(
+        "# dino_vla grasp policy checkpoint\n\n"
+        f"- vision backbone: {kind}\n- text encoder: {info.text_encoder} (real pretrained weights)\n"
+        f"- dataset: {training['dataset_source']} ({training['train_episodes']} training, "
+        f"{training['validation_episodes']} validation episodes)\n"
+        f"- settings: {json.dumps(training['settings'])}\n"
+        f"- network: {info.config.to_json()}\n"
+        f"- last epoch (validation, held-out scenes): {json.dumps(last)}\n"
+        f"- training time: {training.get('elapsed_s')} s\n\n"
+        "Made by `dino-vla train`; `dino-vla train --resume` continues the run while "
+        "training_state.safetensors is beside it. Success rates are measured by `dino-vla eval`, not here.\n")
 
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GraspPolicyNet, CheckpointInfo]:

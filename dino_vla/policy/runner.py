@@ -8,27 +8,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dino_vla.instruction import InstructionError, parse_instruction
 from dino_vla.models.loading import resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
-from dino_vla.pick import DepthFrame, PickFailure
+from dino_vla.geometry.depth import DepthFrame
+from dino_vla.pick import PickFailure
 from dino_vla.policy.checkpoint import CheckpointInfo, load_checkpoint
 from dino_vla.policy.model import GraspPolicyNet, collate
 from dino_vla.policy.tokens import ObjectTokens, grasp_from_target, object_tokens, vision_tokens
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
-
-CHECKPOINTS = Path(__file__).parent / "checkpoints"
-SHIPPED = "sim-tiny"
-
-
-def shipped_checkpoint() -> str:
-    """The checkpoint that ships with the package: trained by `dino-vla train` on simulator demonstrations
-    over the tiny random-weight DINOv2 stored inside it (see its README)."""
-    return str(CHECKPOINTS / SHIPPED)
 
 
 @lru_cache(maxsize=16)
@@ -99,8 +90,7 @@ class GraspPolicy:
         self.check_features(features)
         if len(masks) == 0:
             raise PolicyFailure("no_object", "no object masks in this frame")
-        objects = object_tokens(features, frame.depth, frame.intrinsics, frame.frame, masks.masks,
-                                camera_to_base, self.info.config.view)
+        objects = object_tokens(features, frame, masks.masks, camera_to_base, self.info.config.view)
         if len(objects) == 0:
             reasons = "; ".join(sorted(set(objects.skipped.values())))
             raise PolicyFailure("no_points", f"none of the {len(masks)} masks has usable depth ({reasons})")

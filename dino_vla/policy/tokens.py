@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, gravity_aligned_box, localise
-from dino_vla.types import CameraIntrinsics, Features, Grasp, RigidTransform
+from dino_vla.types import Features, Grasp, RigidTransform
 
 # centre xyz, top z, long side, narrow side, height, cos 2yaw, sin 2yaw, log(points), mask centre u, v (0..1)
 GEOMETRY_DIM = 12
@@ -72,17 +73,17 @@ def patch_weights(mask: np.ndarray, features: Features, crop_fraction: float) ->
     return cv2.resize(crop.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
 
 
-def object_tokens(features: Features, depth: np.ndarray, intrinsics: CameraIntrinsics, camera_frame: str,
-                  masks: np.ndarray, camera_to_base: RigidTransform, view: ViewSettings) -> ObjectTokens:
+def object_tokens(features: Features, depth: DepthFrame, masks: np.ndarray, camera_to_base: RigidTransform,
+                  view: ViewSettings) -> ObjectTokens:
     """One token per instance mask ((N, H, W) bool) that has enough depth points above the table."""
-    if camera_to_base.child != camera_frame:
-        raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {camera_frame!r}")
+    if camera_to_base.child != depth.frame:
+        raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {depth.frame!r}")
     patches = np.asarray(features.patch_tokens, np.float32)
-    h, w = depth.shape
+    h, w = depth.metres.shape
     geometry, pooled, coverage, anchors, all_weights, kept, skipped = [], [], [], [], [], [], {}
     for i, mask in enumerate(masks):
         try:
-            obj = localise(depth, mask, intrinsics, camera_frame, "object", 1.0, view.localiser)
+            obj = localise(depth, mask, "object", 1.0, view.localiser)
         except NoPointsError as err:
             skipped[i] = str(err)
             continue

@@ -22,7 +22,7 @@ from dino_vla.models.features import DinoFeatures
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
 from dino_vla.policy.checkpoint import load_checkpoint, load_training_state, read_info, save_checkpoint
-from dino_vla.policy.dataset import Dataset
+from dino_vla.dataset.format import Dataset, DatasetError
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.tokens import ViewSettings, grasp_target, object_tokens, vision_tokens
 
@@ -103,8 +103,7 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         feats = features.extract(frame.rgb)
         masks = np.stack([frame.mask(k) for k in range(len(frame.objects))]) if frame.objects else \
             np.zeros((0, *frame.labels.shape), bool)
-        objects = object_tokens(feats, frame.depth_m, frame.intrinsics, frame.camera_to_base.child, masks,
-                                frame.camera_to_base, view)
+        objects = object_tokens(feats, frame.depth_frame(), masks, frame.camera_to_base, view)
         vision.append(vision_tokens(feats, view.vision_grid))
         if for_finetuning:
             pixels.append(features.preprocess(frame.rgb)[0].half())
@@ -128,7 +127,7 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
                               anchors[e.frame_index][row], e.extra.get("symmetry", 2))
         kept.append((e.frame_index, task_row[e.task_index], row, target))
     if not kept:
-        raise ValueError(f"{dataset.root}: no episode has a target object with usable depth")
+        raise DatasetError(f"{dataset.root}: no episode has a target object with usable depth")
     table = TokenTable(
         torch.as_tensor(np.stack(vision)), torch.as_tensor(np.concatenate(geometry)),
         torch.as_tensor(np.concatenate(pooled)), torch.as_tensor(np.concatenate(coverage)),

@@ -132,20 +132,11 @@ def numpy_to_image(array: np.ndarray, encoding: str, header: Header | None = Non
     return msg
 
 
-def depth_to_metres(msg: Image) -> np.ndarray:
-    """(H, W) float32 metres, NaN where the sensor reported no return (0, or inf for 32FC1)."""
+def depth_image(msg: Image) -> np.ndarray:
+    """(H, W) uint16 millimetres (16UC1, mono16) or float32 metres (32FC1), as sent; which readings are
+    invalid is decided once, by dino_vla.geometry.depth (DepthFrame)."""
     if msg.encoding not in _DEPTH_ENCODINGS:
         raise ImageConversionError(
-            f"depth_to_metres needs 16UC1, mono16 or 32FC1, got {msg.encoding!r}"
+            f"depth must be 16UC1, mono16 or 32FC1, got {msg.encoding!r}"
         )
-    view = _view(msg)
-    if view.dtype.kind == "u":
-        # Millimetres by the REP 118 convention; 0 means no measurement.
-        out = view.astype(np.float32)
-        invalid = out == 0
-        np.divide(out, np.float32(1000.0), out=out)
-    else:
-        out = view.astype(np.float32)  # native order, and a copy
-        invalid = (out == 0) | np.isinf(out)
-    out[invalid] = np.nan
-    return out
+    return image_to_numpy(msg)

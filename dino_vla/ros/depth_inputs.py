@@ -11,10 +11,10 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from dino_vla.config import ConfigError
+from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.msg import Detection, SegmentationMasks
-from dino_vla.pick import DepthFrame
-from dino_vla.ros.conversions import ImageConversionError, depth_to_metres
+from dino_vla.ros.conversions import ImageConversionError, depth_image
 from dino_vla.ros.messages import intrinsics_from_msg, masks_from_msg, stamp_ns
 from dino_vla.ros.node_base import camera_qos
 from dino_vla.sync import ApproximateTimeSync
@@ -65,17 +65,12 @@ class DepthMaskInputs:
 
     @staticmethod
     def _convert(depth: Image, info: CameraInfo, masks_msg: SegmentationMasks) -> MaskedDepth:
-        metres = depth_to_metres(depth)
-        intrinsics = intrinsics_from_msg(info)
-        if metres.shape != (intrinsics.height, intrinsics.width):
-            raise ValueError(f"depth is {metres.shape[1]}x{metres.shape[0]}, CameraInfo says "
-                             f"{intrinsics.width}x{intrinsics.height}: depth must be aligned to the colour image")
+        frame = DepthFrame(depth_image(depth), intrinsics_from_msg(info), depth.header.frame_id)
         detections, masks = masks_from_msg(masks_msg)
-        if masks.masks.shape[1:] != metres.shape:
+        if masks.masks.shape[1:] != frame.metres.shape:
             raise ValueError(f"masks are {masks.masks.shape[2]}x{masks.masks.shape[1]}, depth is "
-                             f"{metres.shape[1]}x{metres.shape[0]}")
-        return MaskedDepth(masks_msg.header, masks_msg.instruction, masks_msg.source,
-                           DepthFrame(metres, intrinsics, depth.header.frame_id), detections, masks,
+                             f"{frame.metres.shape[1]}x{frame.metres.shape[0]}")
+        return MaskedDepth(masks_msg.header, masks_msg.instruction, masks_msg.source, frame, detections, masks,
                            list(masks_msg.detections))
 
 

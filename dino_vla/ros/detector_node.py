@@ -12,7 +12,8 @@ from dino_vla.instruction import GroundingQuery, InstructionError, parse_instruc
 from dino_vla.msg import DetectionArray
 from dino_vla.pipeline.annotate import annotate
 from dino_vla.ros.messages import detections_to_msg
-from dino_vla.ros.node_base import PerceptionNode, run_node
+from dino_vla.ros.node_base import run_node
+from dino_vla.ros.perception_node import PerceptionNode
 
 _THRESHOLDS = ("box_threshold", "text_threshold", "nms_iou", "max_detections")
 

@@ -6,7 +6,8 @@ from sensor_msgs.msg import Image
 from dino_vla.msg import DinoFeatures
 from dino_vla.pipeline.annotate import features_to_rgb
 from dino_vla.ros.messages import features_to_msg
-from dino_vla.ros.node_base import PerceptionNode, run_node
+from dino_vla.ros.node_base import run_node
+from dino_vla.ros.perception_node import PerceptionNode
 
 
 class FeaturesNode(PerceptionNode):

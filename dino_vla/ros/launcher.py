@@ -1,5 +1,5 @@
-"""`dino-vla launch`: start the perception graph as processes where `ros2 launch` does not exist,
-from the same graph description and config, on the checked loopback DDS profile."""
+"""The local starter: a node graph as processes where `ros2 launch` does not exist (`dino-vla launch`,
+`sim-pick`, the tests), from the same graph description and config as the launch files."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dino_vla.dds import DdsProfileError, loopback_environment
 from dino_vla.graph import PERCEPTION_GRAPH, CameraTopics, NodeSpec, parameter_overrides, ros_arguments
 
 # set by start_graph for its node processes; `ros2 launch` sites do not set it
@@ -69,36 +68,3 @@ def start_graph(params_files: list[str | Path], env: dict[str, str], *, camera: 
         graph.processes[spec.name] = subprocess.Popen(
             cmd, env={**os.environ, **env, LAUNCHER_PID_ENV: str(os.getpid())}, stdout=stdout, stderr=stderr)
     return graph
-
-
-def run_graph(args) -> int:
-    from dino_vla.cli import _choose, _config
-    from dino_vla.config import default_config_path
-
-    try:
-        env = loopback_environment(args.dds_profile)
-    except DdsProfileError as err:
-        print(f"dino-vla launch: {err}", file=sys.stderr)
-        return 2
-    params_file = args.config or str(default_config_path())
-    choice = _choose(args, _config(args), tuple(spec.name for spec in PERCEPTION_GRAPH))
-    models = {name: p["model"] for name, p in choice.params.items()} if choice.random_weights else None
-    graph = start_graph([params_file], env, camera=CameraTopics(image=args.image_topic), namespace=args.namespace,
-                        instruction=args.instruction, device=args.device, models=models)
-    print(f"dino-vla launch: started {', '.join(graph.processes)} on {args.image_topic} "
-          f"(DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}); Ctrl-C stops them", flush=True)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        while not stop["now"]:
-            failed = graph.failed()
-            if failed:
-                print(f"dino-vla launch: node {failed[0]} exited with code {failed[1]}; stopping the graph",
-                      file=sys.stderr)
-                return failed[1] or 1
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        graph.stop()
-    return 0

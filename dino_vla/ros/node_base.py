@@ -1,27 +1,20 @@
 """What the package's nodes share: parameters declared from the one schema and validated on change,
-camera QoS, a main() with exit codes; and for the three perception nodes model loading at start-up,
-image conversion with clear rejections and debug images."""
+camera QoS, a main() with exit codes. No torch here: the geometric nodes (localiser, pick, sim) start without
+it; the model nodes' base is ros/perception_node.py."""
 from __future__ import annotations
 
 import sys
-import time
 from typing import Any
 
-import numpy as np
 import rclpy
-import torch
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
 
 from dino_vla.config import NODE_PARAMS, ConfigError, ParamSpec, validate_params
 from dino_vla.dds import DdsProfileError, require_profile_if_named
-from dino_vla.models.loading import ModelUnavailableError
-from dino_vla.pipeline import PerceptionPipeline
-from dino_vla.ros.conversions import ImageConversionError, image_to_rgb, numpy_to_image
 from dino_vla.ros.launcher import stop_with_launcher
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
@@ -58,6 +51,8 @@ class ConfiguredNode(Node):
 
     STAGE = ""
     MULTI_THREADED = False
+    # errors of start-up (besides ConfigError) that mean "cannot run as configured": logged FATAL, exit 1
+    STARTUP_ERRORS: tuple[type[Exception], ...] = ()
 
     def __init__(self, **kwargs):
         super().__init__(self.STAGE, **kwargs)
@@ -82,41 +77,6 @@ class ConfiguredNode(Node):
         """Subclasses apply run-time changes here (raise ValueError to reject them)."""
 
 
-class PerceptionNode(ConfiguredNode):
-    """Base of the features, detector and segmenter nodes: one pipeline stage each."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        if self.params["torch_threads"] > 0:
-            torch.set_num_threads(self.params["torch_threads"])
-        start = time.perf_counter()
-        self.get_logger().info(f"loading {self.STAGE} model {self.params['model']!r} "
-                               f"(device {self.params['device']}, dtype {self.params['dtype']})")
-        self.pipeline = PerceptionPipeline.from_config({self.STAGE: self.params}, stages=(self.STAGE,))
-        self.get_logger().info(f"model loaded in {time.perf_counter() - start:.1f} s")
-        self.camera_qos = camera_qos(self.params["reliability"])
-        self.debug_publisher = self.create_publisher(Image, "~/debug_image", 1)
-        self.frames_processed = 0
-        self._last_rejection: dict[str, float] = {}
-
-    def to_rgb(self, msg: Image) -> np.ndarray | None:
-        """The frame as RGB, or None (logged) when the message cannot be used; the node keeps serving."""
-        try:
-            return image_to_rgb(msg)
-        except ImageConversionError as err:
-            # throttled per reason, not per call site: a second kind of bad frame must still be reported
-            now, reason = time.monotonic(), str(err)
-            if now - self._last_rejection.get(reason, -1e9) >= 5.0:
-                self._last_rejection[reason] = now
-                self.get_logger().error(f"skipping image stamped {msg.header.stamp.sec}."
-                                        f"{msg.header.stamp.nanosec:09d}: {reason}")
-            return None
-
-    def publish_debug(self, header, rgb: np.ndarray) -> None:
-        if self.params["publish_debug_image"] and self.debug_publisher.get_subscription_count() > 0:
-            self.debug_publisher.publish(numpy_to_image(rgb, "rgb8", header))
-
-
 def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> int:
     """Exit codes: 0 clean shutdown, 1 model or parameter error, 2 unsafe DDS configuration."""
     try:
@@ -131,7 +91,7 @@ def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> i
         node = node_cls()
         # a node whose callbacks wait on other callbacks (the pick action) needs more than one thread
         rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=4) if node_cls.MULTI_THREADED else None)
-    except (ModelUnavailableError, ConfigError) as err:
+    except (ConfigError, *node_cls.STARTUP_ERRORS) as err:
         rclpy.logging.get_logger(node_cls.STAGE).fatal(str(err))
         return 1
     except (KeyboardInterrupt, ExternalShutdownException):

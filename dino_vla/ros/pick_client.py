@@ -1,15 +1,15 @@
-"""`dino-vla sim-pick`: start the simulated robot and the pick graph, send one Pick goal, and keep a
-visual record (the frame perception used, annotated; the frame after the grasp) and a summary."""
+"""The product's Pick client: sends a goal, watches the camera and masks while it runs, and keeps a visual
+record (the frame perception used, annotated; the frame after the grasp) and a summary. `pick_in_graph`
+starts a graph, picks once with it and stops it (`dino-vla sim-pick`)."""
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence, TextIO
 
 import numpy as np
 import rclpy
@@ -22,7 +22,7 @@ from sensor_msgs.msg import Image
 from unique_identifier_msgs.msg import UUID
 
 from dino_vla.action import Pick
-from dino_vla.graph import CameraTopics, pick_graph, pick_graph_params
+from dino_vla.graph import CameraTopics, NodeSpec
 from dino_vla.msg import SegmentationMasks
 from dino_vla.ros.conversions import image_to_rgb
 from dino_vla.ros.launcher import RunningGraph, start_graph
@@ -87,6 +87,21 @@ class PickClient:
                 raise RuntimeError(f"node {name} exited with code {code}")
             self.executor.spin_once(timeout_sec=0.05)
         return done()
+
+    def wait_for_nodes(self, specs: Sequence[NodeSpec], timeout_s: float = 120.0, graph: RunningGraph | None = None,
+                       namespace: str = "") -> None:
+        """Until every node of `specs` publishes its ready_topic: model nodes do only once their model is
+        loaded, which takes far longer than the pick node's start, so a goal sent earlier would time out."""
+        prefix = f"/{namespace.strip('/')}" if namespace.strip("/") else ""
+
+        def ready(spec: NodeSpec) -> bool:
+            return any(info.node_name == spec.name
+                       for info in self.node.get_publishers_info_by_topic(f"{prefix}/{spec.ready_topic}"))
+
+        waiting = [spec for spec in specs if spec.ready_topic]
+        if not self.spin_until(lambda: all(map(ready, waiting)), timeout_s, graph):
+            raise RuntimeError(f"node(s) {', '.join(s.name for s in waiting if not ready(s))} not ready within "
+                               f"{timeout_s:g} s")
 
     def pick(self, instruction: str, timeout_s: float, graph: RunningGraph | None = None) -> PickRecord:
         if not self.spin_until(self.client.server_is_ready, 120.0, graph):
@@ -180,42 +195,21 @@ def write_record(record: PickRecord, out_dir: Path, banner: str | None) -> dict[
     return summary
 
 
-def run_sim_pick(args) -> int:
-    from dino_vla.cli import _choose_perception, _config_files
-    from dino_vla.dds import DdsProfileError, loopback_environment
-    from dino_vla.policy.checkpoint import CheckpointError
-
-    try:
-        env = loopback_environment(args.dds_profile)
-    except DdsProfileError as err:
-        print(f"dino-vla sim-pick: {err}", file=sys.stderr)
-        return 2
-    files = _config_files(args, ("perception.yaml", "pick.yaml", "policy.yaml", "sim.yaml"))
-    model_perception, banner = _choose_perception(args, files)
-    try:
-        node_params = pick_graph_params(True, model_perception, args.grasp_source, files)
-    except CheckpointError as err:
-        print(f"dino-vla sim-pick: policy checkpoint: {err}", file=sys.stderr)
-        return 1
-    node_params["sim"]["seed"] = args.seed
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log = open(out_dir / "nodes.log", "w")
-    graph = start_graph(files, env, specs=pick_graph(True, model_perception, args.grasp_source), device=args.device,
-                        node_params=node_params, stdout=log, stderr=log)
-    os.environ.update(env)  # this process's own participant must use the same loopback profile
+def pick_in_graph(instruction: str, params_files: list[str], env: dict[str, str], specs: tuple[NodeSpec, ...],
+                  node_params: dict[str, dict[str, Any]], log: TextIO, timeout_s: float = 180.0,
+                  device: str | None = None) -> PickRecord:
+    """Start `specs` as processes (start_graph) on the DDS environment `env`, send one Pick goal with the
+    product's client and stop the graph again. RuntimeError when no result came (a node died, no server,
+    a timeout): the nodes' output is in `log`."""
+    graph = start_graph(params_files, env, specs=specs, device=device, node_params=node_params, stdout=log,
+                        stderr=log)
+    os.environ.update(env)  # this process's own participant must use the same DDS settings
     rclpy.init()
     client = PickClient()
     try:
-        record = client.pick(args.instruction, args.timeout, graph)
-    except RuntimeError as err:
-        print(f"dino-vla sim-pick: {err}; node logs in {out_dir / 'nodes.log'}", file=sys.stderr)
-        return 1
+        client.wait_for_nodes(specs, graph=graph)
+        return client.pick(instruction, timeout_s, graph)
     finally:
         client.close()
         rclpy.try_shutdown()
         graph.stop()
-        log.close()
-    summary = write_record(record, out_dir, banner)
-    print(json.dumps(summary, indent=2))
-    return 0 if record.result.success else 3

@@ -22,9 +22,9 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header, String
 
-from dino_vla.config import ConfigError, policy_checkpoint
+from dino_vla.config import ConfigError
 from dino_vla.msg import DinoFeatures, GraspCommand
-from dino_vla.policy.checkpoint import CheckpointError
+from dino_vla.policy.checkpoint import CheckpointError, resolve_checkpoint
 from dino_vla.policy.limits import CommandLimits
 from dino_vla.policy.runner import GraspPolicy, PolicyDecision, PolicyFailure
 from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
@@ -63,7 +63,7 @@ class PolicyNode(ConfiguredNode):
         self.limits = CommandLimits.from_params(self.params)
         if self.params["torch_threads"] > 0:
             torch.set_num_threads(self.params["torch_threads"])
-        checkpoint = policy_checkpoint(self.params["checkpoint"])
+        checkpoint = resolve_checkpoint(self.params["checkpoint"])
         start = time.perf_counter()
         self.get_logger().info(f"loading policy {checkpoint!r} (device {self.params['device']})")
         try:

@@ -1,4 +1,4 @@
-"""recorder node: demonstrations from a robot's ROS topics, written as a dataset (dino_vla.policy.dataset)
+"""recorder node: demonstrations from a robot's ROS topics, written as a dataset (dino_vla.dataset.format)
 the policy can be trained on.
 
 Subscribes the camera (`image`, aligned `depth`, `camera_info`), `masks` (their label image and detections
@@ -22,8 +22,8 @@ from std_msgs.msg import String
 from dino_vla.config import ConfigError
 from dino_vla.msg import GraspCommand, GraspOutcome
 from dino_vla.pick import localise_detections, localiser_settings
-from dino_vla.policy.dataset import DatasetError, DatasetWriter, RecordedFrame
-from dino_vla.policy.recording import grasped_object
+from dino_vla.dataset.format import DatasetError, DatasetWriter, RecordedFrame
+from dino_vla.dataset.recording import grasped_object
 from dino_vla.ros.conversions import ImageConversionError, image_to_rgb
 from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
 from dino_vla.ros.messages import grasp_from_msg, stamp_ns
@@ -108,7 +108,7 @@ class RecorderNode(ConfiguredNode):
             _, image, m = min(matches, key=lambda match: match[0])
             camera_to_base = self.extrinsic.camera_to_target(m.frame.frame)
             grasp = grasp_from_msg(msg)
-            frame = RecordedFrame(image_to_rgb(image), m.frame.depth, m.masks.label_image(),
+            frame = RecordedFrame(image_to_rgb(image), m.frame.metres, m.masks.label_image(),
                                   tuple(phrase or "object" for phrase in m.detections.phrases), m.frame.intrinsics,
                                   camera_to_base, key)
             target = grasped_object(localise_detections(m.frame, m.detections, m.masks, localiser_settings(self.params),

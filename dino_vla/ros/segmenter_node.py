@@ -9,7 +9,8 @@ from sensor_msgs.msg import Image
 from dino_vla.msg import DetectionArray, SegmentationMasks
 from dino_vla.pipeline.annotate import annotate
 from dino_vla.ros.messages import detections_from_msg, masks_to_msg
-from dino_vla.ros.node_base import PerceptionNode, run_node
+from dino_vla.ros.node_base import run_node
+from dino_vla.ros.perception_node import PerceptionNode
 
 
 class SegmenterNode(PerceptionNode):

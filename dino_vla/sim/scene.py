@@ -108,6 +108,17 @@ class CatalogueObject:
         body = self.parts[0]
         return 2 * (body.size[1] if body.shape == "box" else body.size[0])
 
+    @property
+    def grasp_symmetry(self) -> int:
+        """How many turns about z give the same grasp of this object: 0 for round bodies (any), 4 for a square
+        box, else 2 (the parallel gripper's own symmetry; also for a round cup with a handle)."""
+        body, extras = self.parts[0], self.parts[1:]
+        if any(math.hypot(p.pos[0], p.pos[1]) > 1e-9 for p in extras):
+            return 2
+        if body.shape == "box":
+            return 4 if math.isclose(body.size[0], body.size[1]) else 2
+        return 0
+
     def matches(self, phrase: str) -> bool:
         """Whether a phrase such as "cup", "the red mugs" or "blue box" names this object: one of its nouns
         (singular or plural) must appear, and any colour word must be its colour."""
@@ -251,6 +262,18 @@ def random_scene(seed: int, target: str | None = None, n_distractors: int = 2) -
         if len(placed) == len(chosen):
             return SceneSpec(tuple(placed), target, seed)
     raise RuntimeError(f"no layout found for {chosen} (seed {seed})")
+
+
+# Varied scenes (demonstrations, evaluation): a random target among 2 to all-but-one other objects.
+MIN_DISTRACTORS, MAX_DISTRACTORS = 2, len(CATALOGUE) - 1
+
+
+def varied_scene(seed: int, min_distractors: int = MIN_DISTRACTORS, max_distractors: int = MAX_DISTRACTORS
+                 ) -> tuple[SceneSpec, np.random.Generator]:
+    """The seeded scene (random target, random distractor count) and a generator for what else is drawn for
+    it (the instruction's wording), independent of the layout's own draws."""
+    rng = np.random.default_rng([seed, 7])
+    return random_scene(seed, n_distractors=int(rng.integers(min_distractors, max_distractors + 1))), rng
 
 
 def default_scene() -> SceneSpec:

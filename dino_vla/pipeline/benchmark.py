@@ -1,9 +1,8 @@
-"""`dino-vla bench`: per-stage and end-to-end latency of the one PerceptionPipeline on a real photo, plus
-the segmenter's speed claim (one image encoding shared by all boxes) against a naive once-per-box
+"""What `dino-vla bench` measures: per-stage and end-to-end latency of the one PerceptionPipeline on a real
+photo, plus the segmenter's speed claim (one image encoding shared by all boxes) against a naive once-per-box
 baseline measured in the same run."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -13,10 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dino_vla.cli import _choose, _config, _load_image
+from dino_vla.instruction import GroundingQuery
+from dino_vla.pipeline import STAGES, PerceptionPipeline
 from dino_vla.types import Detections
 
 NAIVE = "segmenter_per_box_naive"
+TIMED_STAGES = ("features", "detector", "segmenter", "end_to_end")
+_NEEDS = {"features": ("features",), "detector": ("detector",), "segmenter": ("detector", "segmenter"),
+          "end_to_end": STAGES}
 
 
 def _cpu_model() -> str:
@@ -62,43 +65,23 @@ def _fixed_boxes(found: Detections, n: int, label: str) -> Detections:
     return Detections(np.stack(boxes).astype(np.float32), np.ones(n, np.float32), (label,) * n, (h, w))
 
 
-def run_benchmark(args) -> int:
-    from dino_vla.instruction import InstructionError, parse_instruction
-    from dino_vla.models.loading import ModelUnavailableError
-    from dino_vla.models.random_init import build_random_models
-    from dino_vla.pipeline import STAGES, PerceptionPipeline
-
-    if args.runs < 1 or args.warmup < 0 or args.boxes < 1 or (args.threads is not None and args.threads < 1):
-        raise SystemExit("dino-vla: --runs, --boxes and --threads must be >= 1, --warmup >= 0")
-    try:
-        query = parse_instruction(args.instruction)
-    except InstructionError as err:
-        raise SystemExit(f"dino-vla: {err}") from None
-    if args.image:
-        image, image_name = _load_image(args.image), args.image
-    else:
-        from skimage.data import coffee
-
-        image, image_name = np.ascontiguousarray(coffee()), "skimage.data.coffee()"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    params = _config(args)  # applies --device
-    if args.real_size:
-        sources = build_random_models("real")
-        params = {stage: dict(p, model=getattr(sources, stage)) for stage, p in params.items()}
-        weights = "RANDOM weights at the REAL sizes: measures cost only, outputs are meaningless"
-    else:
-        choice = _choose(args, params, STAGES)
-        params = choice.params
-        weights = "RANDOM weights (tiny): outputs are meaningless" if choice.random_weights else "pretrained"
-    try:
-        pipeline = PerceptionPipeline.from_config(params)
-    except ModelUnavailableError as err:
-        raise SystemExit(f"dino-vla: {err}") from None
-
-    adapters = {"features": pipeline.feature_extractor, "detector": pipeline.detector,
-                "segmenter": pipeline.segmenter}
+def benchmark_pipeline(pipeline: PerceptionPipeline, image: np.ndarray, image_name: str, query: GroundingQuery,
+                       runs: int = 20, warmup: int = 2, boxes: int = 3, stages: tuple[str, ...] = TIMED_STAGES,
+                       weights: str = "pretrained") -> dict:
+    """Median, p95 and frames/s of each of `stages` (TIMED_STAGES; `segmenter` also times the naive
+    once-per-box baseline) on one image, with the machine, devices, dtypes and model sizes.
+    `weights` says what the weights are, for the report."""
+    unknown = set(stages) - set(TIMED_STAGES)
+    if unknown or not stages:
+        raise ValueError(f"stages must be among {', '.join(TIMED_STAGES)}, got {', '.join(stages) or 'none'}")
+    if runs < 1 or warmup < 0 or boxes < 1:
+        raise ValueError("runs and boxes must be >= 1, warmup >= 0")
+    adapters = {stage: adapter for stage, adapter in (("features", pipeline.feature_extractor),
+                                                      ("detector", pipeline.detector),
+                                                      ("segmenter", pipeline.segmenter)) if adapter is not None}
+    missing = sorted(set(models_for(stages)) - set(adapters))
+    if missing:
+        raise ValueError(f"timing {', '.join(stages)} needs the {', '.join(missing)} model(s) in the pipeline")
     devices = sorted({str(a.model.device) for a in adapters.values()})
     cuda = [torch.device(d) for d in devices if d.startswith("cuda")]
 
@@ -109,21 +92,24 @@ def run_benchmark(args) -> int:
     for dev in cuda:
         torch.cuda.reset_peak_memory_stats(dev)
 
-    found = pipeline.detect(image, query)
-    boxes = _fixed_boxes(found, args.boxes, query.target)
-    singles = [Detections(boxes.boxes[i:i + 1], boxes.scores[i:i + 1], boxes.phrases[i:i + 1],
-                          boxes.image_size) for i in range(len(boxes))]
-    cases = {
-        "features": lambda: pipeline.extract_features(image),
-        "detector": lambda: pipeline.detect(image, query),
-        "segmenter": lambda: pipeline.segment(image, boxes),
-        NAIVE: lambda: [pipeline.segment(image, one) for one in singles],  # re-encodes the image per box
-        "end_to_end": lambda: pipeline.run(image, query),
-    }
-    results = {name: _stats(_timed(fn, args.runs, args.warmup, sync)) for name, fn in cases.items()}
-    ratio = results[NAIVE]["median_ms"] / results["segmenter"]["median_ms"]
-
-    report = {
+    cases = {}
+    if "features" in stages:
+        cases["features"] = lambda: pipeline.extract_features(image)
+    if "detector" in stages:
+        cases["detector"] = lambda: pipeline.detect(image, query)
+    found = pipeline.detect(image, query) if pipeline.detector is not None else None
+    if "segmenter" in stages:
+        fixed = _fixed_boxes(found, boxes, query.target)
+        singles = [Detections(fixed.boxes[i:i + 1], fixed.scores[i:i + 1], fixed.phrases[i:i + 1], fixed.image_size)
+                   for i in range(len(fixed))]
+        cases["segmenter"] = lambda: pipeline.segment(image, fixed)
+        cases[NAIVE] = lambda: [pipeline.segment(image, one) for one in singles]  # re-encodes the image per box
+    if "end_to_end" in stages:
+        cases["end_to_end"] = lambda: pipeline.run(image, query)
+    results = {name: _stats(_timed(fn, runs, warmup, sync)) for name, fn in cases.items()}
+    ratio = (round(results[NAIVE]["median_ms"] / results["segmenter"]["median_ms"], 3)
+             if "segmenter" in results else None)
+    return {
         "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cores": os.cpu_count(),
                     "python": platform.python_version()},
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "devices": devices,
@@ -134,21 +120,25 @@ def run_benchmark(args) -> int:
                            "params_m": round(sum(p.numel() for p in a.model.parameters()) / 1e6, 3)}
                    for stage, a in adapters.items()},
         "image": {"source": image_name, "height": int(image.shape[0]), "width": int(image.shape[1])},
-        "instruction": args.instruction, "segmenter_boxes": args.boxes,
-        "detector_boxes": len(found),  # end_to_end segments these, not the fixed segmenter_boxes
-        "warmup": args.warmup, "stages": results, "segmenter_naive_over_ours": round(ratio, 3),
+        "instruction": query.instruction, "segmenter_boxes": boxes if "segmenter" in stages else None,
+        # end_to_end segments the detector's boxes, not the fixed segmenter_boxes
+        "detector_boxes": len(found) if found is not None else None,
+        "warmup": warmup, "stages": results, "segmenter_naive_over_ours": ratio,
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # KiB on Linux
         "cuda_max_allocated_mib": {str(d): round(torch.cuda.max_memory_allocated(d) / 2**20, 1)
                                    for d in cuda} or None,
     }
-    _print(report)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 0
 
 
-def _print(r: dict) -> None:
+def models_for(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The pipeline stages whose models timing `stages` needs (the segmenter is given the detector's boxes)."""
+    needed = set()
+    for stage in stages:
+        needed |= set(_NEEDS[stage])
+    return tuple(s for s in STAGES if s in needed)
+
+
+def report_lines(r: dict) -> list[str]:
     m = r["machine"]
     gpus = f" ({', '.join(r['gpus'])})" if r["gpus"] else ""
     lines = [f"machine: {m['platform']} | {m['cpu']} | {m['cores']} cores | python {m['python']}",
@@ -158,17 +148,20 @@ def _print(r: dict) -> None:
     lines += [f"  {stage:<10} {v['params_m']:>9.3f} M params  {v['source']}"
               for stage, v in r["models"].items()]
     img = r["image"]
-    lines.append(f"image: {img['source']} {img['width']}x{img['height']} | "
-                 f"instruction {r['instruction']!r} | segmenter gets {r['segmenter_boxes']} boxes; "
-                 f"end_to_end gets the detector's {r['detector_boxes']} | warmup {r['warmup']}")
+    boxes = [f"segmenter gets {r['segmenter_boxes']} boxes"] if r["segmenter_boxes"] is not None else []
+    if "end_to_end" in r["stages"]:
+        boxes.append(f"end_to_end gets the detector's {r['detector_boxes']}")
+    lines.append(" | ".join([f"image: {img['source']} {img['width']}x{img['height']}",
+                             f"instruction {r['instruction']!r}", *boxes, f"warmup {r['warmup']}"]))
     lines.append(f"\n{'stage':<24} | {'median ms':>10} | {'p95 ms':>10} | {'fps':>9} | {'runs':>5}")
     lines.append("-" * 71)
     lines += [f"{name:<24} | {s['median_ms']:>10.2f} | {s['p95_ms']:>10.2f} | {s['fps']:>9.2f} | "
               f"{s['runs']:>5}" for name, s in r["stages"].items()]
-    lines.append(f"\nsegmenter, {r['segmenter_boxes']} boxes: once per box (naive) / one shared encoding "
-                 f"(ours) = {r['segmenter_naive_over_ours']:.2f}x (medians)")
+    if r["segmenter_naive_over_ours"] is not None:
+        lines.append(f"\nsegmenter, {r['segmenter_boxes']} boxes: once per box (naive) / one shared encoding "
+                     f"(ours) = {r['segmenter_naive_over_ours']:.2f}x (medians)")
     cuda = r["cuda_max_allocated_mib"]
     lines.append(f"peak RSS {r['peak_rss_mib']:.1f} MiB"
                  + (" | CUDA max allocated " + ", ".join(f"{d} {v:.1f} MiB" for d, v in cuda.items())
                     if cuda else ""))
-    print("\n".join(lines), flush=True)
+    return lines

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from dino_vla.geometry.depth import DepthFrame
 from dino_vla.types import CameraIntrinsics, Grasp, RigidTransform
 
 FORMAT = "dino_vla.demonstrations"
@@ -69,6 +70,9 @@ class RecordedFrame:
 
     def mask(self, index: int) -> np.ndarray:
         return self.labels == index + 1
+
+    def depth_frame(self) -> DepthFrame:
+        return DepthFrame(self.depth_m, self.intrinsics, self.camera_to_base.child)
 
 
 @dataclass(frozen=True)

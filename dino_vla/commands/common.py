@@ -1,0 +1,150 @@
+"""What the subcommands share: the repeatable --config, --device and --models, reading and validating the
+parameters, choosing between pretrained weights, tiny random-weight models and the simulator's stand-in
+(each said to the user up front), reading images, the loopback DDS environment, and one way to fail.
+
+Nothing outside dino_vla/cli.py and dino_vla/commands imports this: library code takes typed arguments."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from dino_vla.config import MODEL_CHOICES
+
+PERCEPTION_CHOICES = ("auto", "models", "ground-truth")
+GROUND_TRUTH_BANNER = "SIMULATOR GROUND-TRUTH SEGMENTATION (no detector/segmenter weights)"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def fail(message: str) -> NoReturn:
+    """End the command with exit code 1 and one line on stderr."""
+    raise SystemExit(f"dino-vla: {message}")
+
+
+def add_config_option(parser: argparse.ArgumentParser, default_files: tuple[str, ...]) -> None:
+    """--config FILE, repeatable (later files override earlier ones, as repeated --params-file do)."""
+    parser.add_argument("--config", action="append", metavar="FILE",
+                        help="ROS 2 params file; repeatable, later ones override earlier (default: "
+                             + ", ".join(f"config/{name}" for name in default_files) + ")")
+    parser.set_defaults(default_config_files=default_files)
+
+
+def config_files(args: argparse.Namespace) -> list[str]:
+    """The --config files, else the package's defaults for the command; checked here, so that a bad file is
+    this command's error rather than a node's crash later."""
+    from dino_vla.config import ConfigError, config_dir, load_config
+
+    try:
+        files = args.config or [str(config_dir() / name) for name in args.default_config_files]
+        load_config(*files)
+    except ConfigError as err:
+        fail(str(err))
+    return files
+
+
+def load_params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Every node's validated parameters from the command's config files, with --device (where the command
+    has it) applied to the nodes that run torch."""
+    from dino_vla.config import load_config
+
+    params = load_config(*config_files(args))
+    if getattr(args, "device", None):
+        for node in params.values():
+            if "device" in node:
+                node["device"] = args.device
+    return params
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    parser.add_argument("--device", default=default, help="torch device (auto, cpu, cuda, cuda:N); default: "
+                        + (default or "each model node's `device` parameter"))
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    add_device_option(parser)
+    parser.add_argument("--models", choices=MODEL_CHOICES, default="auto",
+                        help="auto: pretrained weights where they can be had, else tiny random-weight models with "
+                             "a notice; pretrained: fail without weights; tiny: random weights")
+
+
+def choose_models(args: argparse.Namespace, params: dict[str, dict[str, Any]], stages: tuple[str, ...]):
+    """pipeline.choose_models for --models, its notice printed first, where the user sees it."""
+    from dino_vla.pipeline import choose_models as choose
+
+    choice = choose(params, args.models, stages)
+    if choice.notice:
+        print(choice.notice, file=sys.stderr, flush=True)
+    return choice
+
+
+def add_perception_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--perception", choices=PERCEPTION_CHOICES, default="auto",
+                        help="models: Grounding DINO + SAM; ground-truth: the simulator's segmentation; auto: the "
+                             "models when their pretrained weights can be had")
+
+
+def choose_perception(args: argparse.Namespace, params: dict[str, dict[str, Any]]) -> tuple[bool, str | None]:
+    """(detector + segmenter models?, banner for the visual record). auto: the models when their
+    pretrained weights can be had, else the simulator's ground truth, said in one line up front."""
+    from dino_vla.models.loading import how_to_supply, weights_obtainable
+
+    if args.perception == "models":
+        return True, None
+    if args.perception == "ground-truth":
+        print(f"NOTICE: --perception ground-truth: {GROUND_TRUTH_BANNER.lower()} stands in for Grounding "
+              "DINO + SAM", file=sys.stderr, flush=True)
+        return False, GROUND_TRUTH_BANNER
+    missing = [params[s]["model"] for s in ("detector", "segmenter") if not weights_obtainable(params[s]["model"])]
+    if not missing:
+        return True, None
+    print(f"NOTICE: no pretrained weights for {', '.join(missing)} can be loaded here, so the simulator's "
+          f"GROUND-TRUTH segmentation stands in for Grounding DINO + SAM (labelled 'simulator ground truth' in "
+          f"every output); {how_to_supply(missing, '<stage>.model in config/perception.yaml')}.",
+          file=sys.stderr, flush=True)
+    return False, GROUND_TRUTH_BANNER
+
+
+def image_paths(paths: list[str]) -> list[str]:
+    """The image files named, a folder standing for the images in it (sorted); missing paths and empty
+    folders are errors."""
+    out: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(str(p) for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                fail(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {str(path)!r}")
+            out += found
+        elif not path.exists():
+            fail(f"cannot read image {str(path)!r}: no such file or folder")
+        else:
+            out.append(str(path))
+    return out
+
+
+def load_image(path: str):
+    """(H, W, 3) uint8 RGB of any image Pillow reads."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        fail(f"cannot read image {path!r}: {err}")
+
+
+def add_dds_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dds-profile", help="Fast DDS profile (default: config/fastdds_loopback.xml)")
+
+
+def loopback_environment(args: argparse.Namespace) -> dict[str, str]:
+    """The checked loopback DDS environment for the nodes a command starts; exit code 2 (an unsafe DDS
+    configuration, as the nodes' own) when the profile is missing or would let DDS leave loopback."""
+    from dino_vla.dds import DdsProfileError, loopback_environment as environment
+
+    try:
+        return environment(args.dds_profile)
+    except DdsProfileError as err:
+        print(f"dino-vla {args.command}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

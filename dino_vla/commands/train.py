@@ -1,0 +1,64 @@
+"""`dino-vla train`: the VLA grasp policy on a demonstration dataset (seeded, resumable)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dino_vla.commands.common import fail
+
+RANDOM_TINY = "random-tiny"
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train the VLA grasp policy on a demonstration dataset (seeded, "
+                              "resumable)")
+    p.add_argument("dataset", nargs="?", default="out/policy/demos", help="dataset directory (default "
+                   "out/policy/demos)")
+    p.add_argument("--out", "-o", default="out/policy/checkpoint", help="checkpoint directory, written every "
+                   "epoch (default out/policy/checkpoint)")
+    p.add_argument("--backbone", default=RANDOM_TINY, help="DINOv2 weights: random-tiny (offline, no "
+                   "semantics; the default here) or a hub id / local directory such as facebook/dinov2-small")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--d-model", type=int, help="network width (default 64)")
+    p.add_argument("--layers", type=int, help="fusion transformer layers (default 2)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--finetune-backbone", action="store_true", help="train DINOv2 too (default: frozen, its "
+                   "tokens cached once); the tuned weights are saved in the checkpoint's backbone/")
+    p.add_argument("--backbone-lr", type=float, default=1e-5, help="learning rate of a fine-tuned backbone")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.set_defaults(main=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    from dino_vla.dataset.format import DatasetError
+    from dino_vla.models.loading import ModelUnavailableError
+    from dino_vla.models.random_init import build_random_models, is_random_model
+    from dino_vla.policy.checkpoint import CheckpointError, write_model_card
+    from dino_vla.policy.train import TrainSettings, train
+
+    if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
+        fail("--epochs and --batch-size must be >= 1 and --lr > 0")
+    # the package's tiny random-weight DINOv2 is the only backbone to be had offline
+    backbone = build_random_models("tiny", stages=("features",)).features if args.backbone == RANDOM_TINY \
+        else args.backbone
+    if not args.resume and is_random_model(backbone):
+        print(f"NOTICE: training on a RANDOM-WEIGHT DINOv2 ({args.backbone}); its features carry no "
+              f"pretrained semantics. Pass --backbone facebook/dinov2-small (or a local copy) where the "
+              f"weights exist.", file=sys.stderr, flush=True)
+    settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                             seed=args.seed, finetune_backbone=args.finetune_backbone,
+                             backbone_learning_rate=args.backbone_lr)
+    overrides = {k: v for k, v in (("d_model", args.d_model), ("fusion_layers", args.layers)) if v}
+    try:
+        training = train(args.dataset, args.out, backbone, overrides, settings, resume=args.resume,
+                         threads=args.threads or 0)
+    except (DatasetError, CheckpointError, ModelUnavailableError) as err:
+        fail(str(err))
+    write_model_card(args.out, training)
+    print(json.dumps({"checkpoint": args.out, "elapsed_s": training["elapsed_s"],
+                      "final": training["history"][-1] if training["history"] else None}))
+    return 0

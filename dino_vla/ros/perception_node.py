@@ -1,0 +1,51 @@
+"""Base of the three model nodes (features, detector, segmenter): the stage's model loaded at start-up,
+image conversion with clear, throttled rejections, and debug images."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from sensor_msgs.msg import Image
+
+from dino_vla.models.loading import ModelUnavailableError
+from dino_vla.pipeline import PerceptionPipeline
+from dino_vla.ros.conversions import ImageConversionError, image_to_rgb, numpy_to_image
+from dino_vla.ros.node_base import ConfiguredNode, camera_qos
+
+
+class PerceptionNode(ConfiguredNode):
+    """Base of the features, detector and segmenter nodes: one pipeline stage each."""
+
+    STARTUP_ERRORS = (ModelUnavailableError,)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        if self.params["torch_threads"] > 0:
+            torch.set_num_threads(self.params["torch_threads"])
+        start = time.perf_counter()
+        self.get_logger().info(f"loading {self.STAGE} model {self.params['model']!r} "
+                               f"(device {self.params['device']}, dtype {self.params['dtype']})")
+        self.pipeline = PerceptionPipeline.from_config({self.STAGE: self.params}, stages=(self.STAGE,))
+        self.get_logger().info(f"model loaded in {time.perf_counter() - start:.1f} s")
+        self.camera_qos = camera_qos(self.params["reliability"])
+        self.debug_publisher = self.create_publisher(Image, "~/debug_image", 1)
+        self.frames_processed = 0
+        self._last_rejection: dict[str, float] = {}
+
+    def to_rgb(self, msg: Image) -> np.ndarray | None:
+        """The frame as RGB, or None (logged) when the message cannot be used; the node keeps serving."""
+        try:
+            return image_to_rgb(msg)
+        except ImageConversionError as err:
+            # throttled per reason, not per call site: a second kind of bad frame must still be reported
+            now, reason = time.monotonic(), str(err)
+            if now - self._last_rejection.get(reason, -1e9) >= 5.0:
+                self._last_rejection[reason] = now
+                self.get_logger().error(f"skipping image stamped {msg.header.stamp.sec}."
+                                        f"{msg.header.stamp.nanosec:09d}: {reason}")
+            return None
+
+    def publish_debug(self, header, rgb: np.ndarray) -> None:
+        if self.params["publish_debug_image"] and self.debug_publisher.get_subscription_count() > 0:
+            self.debug_publisher.publish(numpy_to_image(rgb, "rgb8", header))
