@@ -1,11 +1,17 @@
+"""Fixtures and guards of the whole suite. Tests are by layer: unit/ (in-process, ROS-free or single-process
+conversions), dds/ (node processes over real Fast DDS: marked `dds`), e2e/ (the `dino-vla` commands run as a
+user runs them: marked `slow`, and `dds` where they start nodes). Helpers that are not fixtures live in
+support/ (on the path via pytest.ini's pythonpath)."""
 import os
 import signal
+from pathlib import Path
 
 # Never let a test reach for a model hub: every model is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-import pytest
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # A test past 300 s is hung: pytest.ini's faulthandler_timeout prints every thread's stack, then SIGALRM's
 # default action ends the run. Both work while C code holds the GIL (a Fast DDS take() spinning forever was
@@ -21,13 +27,96 @@ def pytest_runtest_protocol(item, nextitem):
     signal.alarm(0)
 
 
+def pytest_collection_modifyitems(items):
+    """The layer a test belongs to is its folder: dds/ tests are marked dds, e2e/ tests slow."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "dds" in parts:
+            item.add_marker(pytest.mark.dds)
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.slow)
+
+
+def xdg_cache_home(base: Path) -> Path:
+    """The XDG_CACHE_HOME under which ``default_cache_root()`` is the tiny models' root."""
+    return base / "xdg-cache"
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory):
-    """Tiny random-weight models of the real architectures, written with save_pretrained once per run;
-    every test loads them through the product's own loaders."""
+def tiny_cache_home(tmp_path_factory) -> Path:
+    return xdg_cache_home(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_cache_home):
+    """Tiny random-weight models of the real architectures, written with save_pretrained once per run where
+    `--models tiny` finds them when XDG_CACHE_HOME is tiny_cache_home; every test loads them through the
+    product's own loaders."""
     from dino_vla.models.random_init import build_random_models
 
-    return build_random_models("tiny", tmp_path_factory.mktemp("tiny-models"))
+    return build_random_models("tiny", tiny_cache_home / "dino_vla" / "random-models")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_torch_thread():
+    """The tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP threads
+    waiting on each other turn a 30 ms forward pass into seconds."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def features_model(tiny_models):
+    from support.models import load_features
+
+    return load_features(tiny_models.features)
+
+
+@pytest.fixture(scope="session")
+def detector(tiny_models):
+    from support.models import load_detector
+
+    return load_detector(tiny_models.detector)
+
+
+@pytest.fixture(scope="session")
+def segmenter(tiny_models):
+    from support.models import load_segmenter
+
+    return load_segmenter(tiny_models.segmenter)
+
+
+@pytest.fixture(scope="session")
+def text_encoder():
+    from support.models import load_text
+
+    return load_text()
+
+
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    import skimage.data
+
+    image = skimage.data.coffee()
+    assert image.shape == (400, 600, 3) and image.dtype == np.uint8
+    return image
+
+
+@pytest.fixture(scope="session")
+def odd_image() -> np.ndarray:
+    from support.models import ODD_SHAPE
+
+    return np.random.default_rng(1234).integers(0, 256, (*ODD_SHAPE, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="session", params=["coffee", "odd"])
+def image(request, coffee, odd_image) -> np.ndarray:
+    """Both test images: the real photo and a random non-square odd-sized one."""
+    return coffee if request.param == "coffee" else odd_image
 
 
 @pytest.fixture(scope="module")

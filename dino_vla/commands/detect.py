@@ -23,18 +23,20 @@ def add_parser(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from dino_vla.instruction import InstructionError, parse_instruction
-    from dino_vla.models.loading import ModelUnavailableError
-    from dino_vla.pipeline import STAGES, PerceptionPipeline
-    from dino_vla.pipeline.annotate import annotate
 
     try:
         query = parse_instruction(args.instruction)
     except InstructionError as err:
         fail(str(err))
-    paths = image_paths(args.images)
+    paths = image_paths(args.images)   # both before torch is imported: a typo is answered at once
+
+    from PIL import Image
+
+    from dino_vla.models.loading import ModelUnavailableError
+    from dino_vla.pipeline import STAGES, PerceptionPipeline
+    from dino_vla.pipeline.annotate import annotate
+
     choice = choose_models(args, load_params(args), STAGES)
     try:
         pipeline = PerceptionPipeline.from_config(choice.params)

@@ -14,22 +14,7 @@ from dino_vla.models.loading import ModelUnavailableError, resolve_device, resol
 from dino_vla.models.segmenter import Segmenter
 from dino_vla.models.text import TextEncoder
 from dino_vla.types import Masks
-from fixtures_models import (  # noqa: F401  (fixtures are used by name)
-    ODD_SHAPE,
-    CallCounter,
-    coffee,
-    detector,
-    features_model,
-    image,
-    iou,
-    max_same_phrase_iou,
-    odd_image,
-    segmenter,
-    single_torch_thread,
-    text_encoder,
-    tiny_sources,
-    with_settings,
-)
+from support.models import ODD_SHAPE, CallCounter, iou, max_same_phrase_iou, with_settings
 
 PHRASES = ("cup", "table", "red mug")
 
@@ -83,8 +68,8 @@ def test_features_differ_between_images(features_model, coffee, odd_image):
 # --------------------------------------------------------------------------- Grounding DINO
 
 
-def test_detector_load_applies_settings(tiny_sources):
-    det = GroundingDetector.load(tiny_sources.detector, box_threshold=0.4, text_threshold=0.3,
+def test_detector_load_applies_settings(tiny_models):
+    det = GroundingDetector.load(tiny_models.detector, box_threshold=0.4, text_threshold=0.3,
                                  nms_iou=0.6, max_detections=7)
     assert (det.box_threshold, det.text_threshold, det.nms_iou, det.max_detections) == (0.4, 0.3, 0.6, 7)
     assert not det.model.training

@@ -14,7 +14,7 @@ from dino_vla.sim.scene import (
     PLACEMENT_Y, SEGMENTATION_IDS, TABLE_HEIGHT, PlacedObject, SceneSpec, catalogue_object, default_scene,
     look_at, random_scene)
 
-WORLD = Path(__file__).resolve().parents[1] / "dino_vla" / "sim" / "worlds" / "tabletop.sdf"
+WORLD = Path(__file__).resolve().parents[2] / "dino_vla" / "sim" / "worlds" / "tabletop.sdf"
 NAMES = [o.name for o in CATALOGUE]
 
 

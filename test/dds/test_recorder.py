@@ -28,7 +28,7 @@ from dino_vla.ros.messages import camera_info_msg, detections_to_msg, grasp_to_m
 from dino_vla.ros.recorder_node import SOURCE
 from dino_vla.sim.scene import CAMERA_FRAME
 from dino_vla.types import Grasp, Object3D
-from sim_frames import settled_frame
+from support.sim_frames import settled_frame
 
 CONFIG = [str(config_dir() / "policy.yaml")]
 

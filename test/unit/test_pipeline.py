@@ -12,17 +12,9 @@ from dino_vla.config import ConfigError, load_config, validate_params
 from dino_vla.instruction import InstructionError, parse_instruction
 from dino_vla.models.random_init import is_random_model
 from dino_vla.pipeline import PerceptionPipeline, PerceptionResult, choose_models
-from fixtures_models import (  # noqa: F401  (fixtures are used by name)
-    CallCounter,
-    coffee,
-    odd_image,
-    single_torch_thread,
-    tiny_cache_home,
-    tiny_sources,
-    with_settings,
-)
+from support.models import CallCounter, with_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO / "config" / "perception.yaml"
 UNKNOWN_IDS = {"features": "dino-vla-tests/no-dinov2", "detector": "dino-vla-tests/no-gdino",
                "segmenter": "dino-vla-tests/no-sam"}
@@ -38,9 +30,9 @@ def make_params(models: dict[str, str], **detector) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def tiny_params(tiny_sources):
-    return make_params({"features": tiny_sources.features, "detector": tiny_sources.detector,
-                        "segmenter": tiny_sources.segmenter}, box_threshold=0.0, text_threshold=0.0)
+def tiny_params(tiny_models):
+    return make_params({"features": tiny_models.features, "detector": tiny_models.detector,
+                        "segmenter": tiny_models.segmenter}, box_threshold=0.0, text_threshold=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +48,10 @@ def detector_only(tiny_params) -> PerceptionPipeline:
 # --------------------------------------------------------------------------- running
 
 
-def test_from_config_uses_the_configured_models_and_settings(pipeline, tiny_sources):
-    assert pipeline.feature_extractor.name == tiny_sources.features
-    assert pipeline.detector.name == tiny_sources.detector
-    assert pipeline.segmenter.name == tiny_sources.segmenter
+def test_from_config_uses_the_configured_models_and_settings(pipeline, tiny_models):
+    assert pipeline.feature_extractor.name == tiny_models.features
+    assert pipeline.detector.name == tiny_models.detector
+    assert pipeline.segmenter.name == tiny_models.segmenter
     d = pipeline.detector
     assert (d.box_threshold, d.text_threshold, d.nms_iou, d.max_detections) == (0.0, 0.0, 0.5, 20)
 
@@ -204,28 +196,28 @@ def tiny_cache(monkeypatch, tiny_cache_home):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def test_choose_tiny(tiny_cache, tiny_sources):
+def test_choose_tiny(tiny_cache, tiny_models):
     params = make_params(UNKNOWN_IDS, box_threshold=0.42)
     choice = choose_models(params, "tiny")
     assert choice.random_weights is True
     assert choice.notice and "RANDOM" in choice.notice and "NOT meaningful" in choice.notice
     for stage in UNKNOWN_IDS:
-        assert choice.params[stage]["model"] == getattr(tiny_sources, stage)
+        assert choice.params[stage]["model"] == getattr(tiny_models, stage)
         assert is_random_model(choice.params[stage]["model"])
     assert choice.params["detector"]["box_threshold"] == 0.42  # only the model changes
     assert params["detector"]["model"] == UNKNOWN_IDS["detector"]  # the input is not modified
 
 
-def test_choose_auto_falls_back_when_weights_are_unavailable(tiny_cache, tiny_sources):
-    params = make_params({**UNKNOWN_IDS, "features": tiny_sources.features})
+def test_choose_auto_falls_back_when_weights_are_unavailable(tiny_cache, tiny_models):
+    params = make_params({**UNKNOWN_IDS, "features": tiny_models.features})
     choice = choose_models(params, "auto")
     assert choice.random_weights is True
     assert choice.notice is not None
     assert UNKNOWN_IDS["detector"] in choice.notice and UNKNOWN_IDS["segmenter"] in choice.notice
-    assert tiny_sources.features not in choice.notice, "an available model is not 'missing'"
+    assert tiny_models.features not in choice.notice, "an available model is not 'missing'"
     assert "NOT meaningful" in choice.notice and "save_pretrained" in choice.notice
     assert {choice.params[s]["model"] for s in UNKNOWN_IDS} == {
-        tiny_sources.features, tiny_sources.detector, tiny_sources.segmenter}
+        tiny_models.features, tiny_models.detector, tiny_models.segmenter}
     # the fallback loads
     assert PerceptionPipeline.from_config(choice.params, stages=("detector",)).detector is not None
 
@@ -236,8 +228,8 @@ def test_choose_auto_keeps_available_models(tiny_cache, tiny_params):
     assert choice.params == tiny_params
 
 
-def test_choose_auto_only_checks_the_requested_stages(tiny_cache, tiny_sources):
-    params = make_params({**UNKNOWN_IDS, "detector": tiny_sources.detector})
+def test_choose_auto_only_checks_the_requested_stages(tiny_cache, tiny_models):
+    params = make_params({**UNKNOWN_IDS, "detector": tiny_models.detector})
     choice = choose_models(params, "auto", stages=("detector",))
     assert choice.random_weights is False and choice.notice is None
     assert choice.params == params

@@ -22,7 +22,7 @@ from dino_vla.ros.messages import cloud_from_msg, stamp_ns
 from dino_vla.ros.pick_client import PickClient
 from dino_vla.instruction import OBJECT
 from dino_vla.sim.stand_in import SOURCE
-from ros_helpers import set_parameter
+from support.ros import set_parameter
 
 CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "sim.yaml")]
 SEED = 3

@@ -30,8 +30,8 @@ from dino_vla.ros.messages import camera_info_msg, detections_to_msg, features_t
 from dino_vla.ros.pick_client import PickClient
 from dino_vla.sim.scene import CAMERA_FRAME
 from dino_vla.sim.stand_in import SOURCE, class_agnostic
-from ros_helpers import set_parameter
-from sim_frames import settled_frame
+from support.ros import set_parameter
+from support.sim_frames import settled_frame
 
 CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", "policy.yaml")]
 # a 1 mm box far from every object: whatever the untrained policy decides lands outside it

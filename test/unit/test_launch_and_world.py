@@ -11,7 +11,7 @@ import pytest
 
 from dino_vla.graph import ALL_NODES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 WORLD = ROOT / "dino_vla" / "sim" / "worlds" / "tabletop.sdf"
 

@@ -1,0 +1,299 @@
+"""Every command the README shows, run as a user runs it: the installed `dino-vla` entry point in a fresh
+process, the package's default config, no weights (so the tiny random-weight models or the simulator's
+stand-in, each announced on the first line), exit codes and the first line of every error asserted."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
+COMMANDS = ("sim-pick", "detect", "bench", "bench-pick", "launch", "record-sim", "train", "eval")
+
+
+@pytest.fixture(scope="module")
+def env(tiny_cache_home, tiny_models):
+    """The user's environment here: no hub, the tiny models already built where `--models auto` falls back
+    to them, MuJoCo rendering offscreen, and a ROS domain of this test's own."""
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tiny_cache_home), "MUJOCO_GL": "egl",
+            "ROS_DOMAIN_ID": str(random.randint(101, 200)), "OMP_NUM_THREADS": "1"}
+
+
+def dino_vla(*args: str, env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([DINO_VLA, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def first_line(text: str) -> str:
+    """The first line a user reads (progress bars of weight loading aside)."""
+    return next((line for line in text.splitlines() if line.strip() and "Loading weights" not in line), "")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, coffee) -> Path:
+    path = tmp_path_factory.mktemp("photos") / "coffee.png"
+    Image.fromarray(coffee).save(path)
+    return path
+
+
+# ---- --help ------------------------------------------------------------------------------------------------
+
+def test_help_lists_every_command(env, tmp_path):
+    result = dino_vla("--help", env=env, cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("usage: dino-vla")
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_of_each_command(env, tmp_path, command):
+    result = dino_vla(command, "--help", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: dino-vla {command}")
+
+
+def test_an_unknown_command_is_a_usage_error(env, tmp_path):
+    result = dino_vla("fly", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "invalid choice: 'fly'" in result.stderr
+
+
+# ---- detect ------------------------------------------------------------------------------------------------
+
+def test_detect_one_photo(env, tmp_path, photo):
+    result = dino_vla("detect", str(photo), "--instruction", "pick up the cup", "--out", "annotated.png",
+                      env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert first_line(result.stderr).startswith("NOTICE: no pretrained weights for facebook/dinov2-small")
+    summary = json.loads(result.stdout)
+    assert summary["image"] == str(photo) and summary["annotated"] == "annotated.png"
+    assert summary["target"] == "cup" and summary["random_weights"] is True and summary["meaningful"] is False
+    assert set(summary["models"]) == {"features", "detector", "segmenter"}
+    annotated = np.asarray(Image.open(tmp_path / "annotated.png"))
+    assert annotated.shape == (400, 600, 3)
+
+
+def test_detect_a_folder(env, tmp_path, photo, coffee):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(coffee).save(folder / "a.png")
+    Image.fromarray(coffee[::2, ::2]).save(folder / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    result = dino_vla("detect", str(folder), "-i", "grab the mug", "-o", "out", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summaries = json.loads(result.stdout)
+    assert [Path(s["image"]).name for s in summaries] == ["a.png", "b.jpg"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_annotated.png", "b_annotated.png"]
+    assert np.asarray(Image.open(tmp_path / "out" / "b_annotated.png")).shape == (200, 300, 3)
+
+
+def test_detect_a_missing_photo(env, tmp_path):
+    result = dino_vla("detect", "nope.png", "-i", "pick up the cup", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert first_line(result.stderr) == "dino-vla: cannot read image 'nope.png': no such file or folder"
+
+
+def test_detect_a_file_that_is_not_an_image(env, tmp_path):
+    (tmp_path / "photo.png").write_text("not a png")
+    result = dino_vla("detect", "photo.png", "-i", "pick up the cup", env=env, cwd=tmp_path)
+    assert result.returncode == 1 and "dino-vla: cannot read image 'photo.png'" in result.stderr
+    assert not (tmp_path / "annotated.png").exists()
+
+
+def test_detect_an_empty_folder(env, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = dino_vla("detect", "empty", "-i", "pick up the cup", env=env, cwd=tmp_path)
+    assert result.returncode == 1 and first_line(result.stderr).startswith("dino-vla: no images (")
+
+
+def test_detect_an_empty_instruction(env, tmp_path, photo):
+    result = dino_vla("detect", str(photo), "--instruction", "", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert first_line(result.stderr).startswith("dino-vla: Cannot parse instruction '': it is empty.")
+
+
+# ---- bench -------------------------------------------------------------------------------------------------
+
+def test_bench(env, tmp_path, tiny_cache_home):
+    result = dino_vla("bench", "-n", "2", "--warmup", "1", "--json", "bench.json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert first_line(result.stderr).startswith("NOTICE: no pretrained weights")
+    report = json.loads((tmp_path / "bench.json").read_text())
+    stages = ("features", "detector", "segmenter", "segmenter_per_box_naive", "end_to_end")
+    assert tuple(report["stages"]) == stages
+    for stage in stages:
+        s = report["stages"][stage]
+        assert s["median_ms"] > 0 and s["p95_ms"] >= s["median_ms"] and s["runs"] == 2 and s["fps"] > 0
+    assert report["random_weights"] is True and report["segmenter_naive_over_ours"] > 0
+    assert set(report["models"]) == {"features", "detector", "segmenter"}
+    for model in report["models"].values():   # the tiny models --models auto fell back to
+        assert model["source"].startswith(str(tiny_cache_home)) and model["params_m"] > 0
+    assert report["image"] == {"source": "skimage.data.coffee()", "height": 400, "width": 600}
+    table = result.stdout[result.stdout.index("median ms"):]
+    assert all(stage in table for stage in stages)
+    assert "once per box (naive)" in result.stdout and "RANDOM" in result.stdout
+
+
+def test_bench_real_size_features_once(env, tmp_path):
+    """--real-size builds random DINOv2 ViT-S/14 (only the model the timed stage needs) and times it once."""
+    result = dino_vla("bench", "--real-size", "-n", "1", "--warmup", "0", "--stages", "features", "--json",
+                      "bench.json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert list(report["stages"]) == ["features"] and report["stages"]["features"]["runs"] == 1
+    assert list(report["models"]) == ["features"] and 21 < report["models"]["features"]["params_m"] < 23
+    assert "REAL sizes" in report["weights"] and report["segmenter_naive_over_ours"] is None
+
+
+def test_bench_refuses_unknown_stages_and_bad_counts(env, tmp_path):
+    result = dino_vla("bench", "--stages", "features", "tracking", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert first_line(result.stderr) == ("dino-vla: --stages: unknown tracking; choose from features, detector, "
+                                         "segmenter, end_to_end")
+    result = dino_vla("bench", "-n", "0", env=env, cwd=tmp_path)
+    assert result.returncode == 1 and first_line(result.stderr).startswith("dino-vla: --runs, --boxes")
+
+
+# ---- bench-pick and eval -----------------------------------------------------------------------------------
+
+def test_bench_pick_one_scene_per_target(env, tmp_path):
+    result = dino_vla("bench-pick", "-n", "1", "--json", "pick.json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert first_line(result.stderr).startswith("NOTICE: no pretrained weights")
+    report = json.loads((tmp_path / "pick.json").read_text())
+    assert report["perception"] == "simulator ground truth" and report["methods"] == ["planner", "oracle"]
+    assert sorted(report["per_target"]) == sorted(["cup", "bottle", "box", "block", "ball", "can"])
+    assert len(report["episodes"]) == 6 and report["overall"]["oracle"]["episodes"] == 6
+    assert report["overall"]["planner"]["success_rate"] >= 4 / 6 and report["overall"]["planner"]["wrong_object_rate"] == 0
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("overall") for line in lines) and lines[-1].startswith("failures: ")
+
+
+def test_bench_pick_refuses_an_unknown_target(env, tmp_path):
+    result = dino_vla("bench-pick", "-n", "1", "--targets", "cup", "spoon", env=env, cwd=tmp_path)
+    assert result.returncode == 1 and first_line(result.stderr).startswith("dino-vla: unknown object 'spoon'")
+
+
+def test_eval_one_scene(env, tmp_path):
+    result = dino_vla("eval", "-n", "1", "--json", "eval.json", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("eval: 1 held-out scenes (seeds 1000000..)")
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["methods"] == ["policy", "baseline"] and len(report["episodes"]) == 1
+    assert report["checkpoint"].endswith("sim-tiny") and report["paraphrases"] == "eval"
+    assert report["overall"]["policy"]["success_rate"] == 1.0   # the shipped checkpoint on seed 1000000
+
+
+def test_eval_of_a_missing_checkpoint(env, tmp_path):
+    result = dino_vla("eval", "-n", "1", "--checkpoint", "nowhere", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert first_line(result.stderr) == ("dino-vla: checkpoint 'nowhere': nowhere is not a policy checkpoint "
+                                         "(no policy.safetensors)")
+
+
+# ---- record-sim and train ----------------------------------------------------------------------------------
+
+def test_record_sim_then_train_one_step(env, tmp_path):
+    result = dino_vla("record-sim", "-n", "1", "--out", "demos", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    counts = json.loads(result.stdout.splitlines()[-1])
+    assert counts["dataset"] == "demos" and counts["frames"] == 1 and counts["episodes"] >= 3
+
+    again = dino_vla("record-sim", "-n", "1", "--out", "demos", env=env, cwd=tmp_path)
+    assert again.returncode == 1
+    assert first_line(again.stderr) == ("dino-vla: demos already holds a dataset; choose another directory or "
+                                        "append")
+    appended = dino_vla("record-sim", "-n", "1", "--first-seed", "1", "--append", "--out", "demos", env=env,
+                        cwd=tmp_path)
+    assert appended.returncode == 0 and json.loads(appended.stdout.splitlines()[-1])["frames"] == 1
+    info = json.loads((tmp_path / "demos" / "meta" / "info.json").read_text())
+    assert info["frames"] == 2
+
+    # one epoch over 2 frames at batch size 64 is one optimiser step
+    trained = dino_vla("train", "demos", "--out", "ck", "--epochs", "1", "--threads", "1", env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert first_line(trained.stderr).startswith("NOTICE: training on a RANDOM-WEIGHT DINOv2 (random-tiny)")
+    final = json.loads(trained.stdout.splitlines()[-1])
+    assert final["checkpoint"] == "ck" and final["final"]["epoch"] == 1 and final["final"]["step"] == 1
+    for name in ("policy.safetensors", "training_state.safetensors", "README.md", "backbone/model.safetensors"):
+        assert (tmp_path / "ck" / name).is_file(), name
+
+
+def test_train_on_something_that_is_not_a_dataset(env, tmp_path):
+    result = dino_vla("train", "nothing", "--out", "ck", "--epochs", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "dino-vla: nothing is not a dataset (no meta/info.json)"
+
+
+# ---- sim-pick and launch: node processes over DDS ----------------------------------------------------------
+
+@pytest.mark.dds
+def test_sim_pick(env, tmp_path):
+    result = dino_vla("sim-pick", "--instruction", "pick up the cup", "--seed", "0", "--out", "record", env=env,
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + (tmp_path / "record" / "nodes.log").read_text()[-3000:]
+    assert first_line(result.stderr).startswith("NOTICE: no pretrained weights")
+    summary = json.loads(result.stdout)
+    assert summary["success"] and summary["lifted_object"] == "cup"
+    assert summary["perception_source"] == "simulator ground truth"
+    for name in ("summary.json", "perceived.png", "after.png", "nodes.log"):
+        assert (tmp_path / "record" / name).is_file(), name
+
+
+def test_sim_pick_refuses_a_missing_dds_profile(env, tmp_path):
+    result = dino_vla("sim-pick", "--dds-profile", "nope.xml", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and first_line(result.stderr).startswith("dino-vla sim-pick:")
+    assert "nope.xml" in result.stderr
+
+
+def test_launch_refuses_a_missing_dds_profile(env, tmp_path):
+    result = dino_vla("launch", "--dds-profile", "nope.xml", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and first_line(result.stderr).startswith("dino-vla launch:")
+    assert "nope.xml" in result.stderr
+
+
+@pytest.mark.dds
+def test_launch_serves_masks_and_stops_on_ctrl_c(env, dds_env, tmp_path, coffee):
+    """`dino-vla launch` with the tiny models: an image published on the camera topic comes back as masks;
+    Ctrl-C (SIGINT) stops every node and the launcher exits 0."""
+    import rclpy
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image as ImageMsg
+
+    from dino_vla.msg import SegmentationMasks
+    from dino_vla.ros.conversions import numpy_to_image
+
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:   # the nodes write here too
+        launcher = subprocess.Popen([DINO_VLA, "launch", "--instruction", "pick up the cup"],
+                                    env={**env, **dds_env}, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    node = rclpy.create_node("e2e_launch_probe")
+    try:
+        deadline = time.monotonic() + 60
+        while "dino-vla launch: started" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert "dino-vla launch: started features, detector, segmenter" in log.read_text(), log.read_text()
+        masks: list = []
+        node.create_subscription(SegmentationMasks, "masks", masks.append, 10)
+        camera = node.create_publisher(ImageMsg, "/camera/color/image_raw", qos_profile_sensor_data)
+        deadline = time.monotonic() + 120
+        while not masks and time.monotonic() < deadline and launcher.poll() is None:
+            camera.publish(numpy_to_image(coffee, "rgb8"))
+            rclpy.spin_once(node, timeout_sec=0.5)
+        assert masks, f"no masks from the launched graph:\n{log.read_text()[-3000:]}"
+        assert masks[0].instruction == "pick up the cup" and masks[0].labels.width == 600
+    finally:
+        node.destroy_node()
+        launcher.send_signal(signal.SIGINT)
+        try:
+            launcher.wait(30)
+        finally:
+            launcher.kill()
+    assert launcher.returncode == 0, log.read_text()[-3000:]
