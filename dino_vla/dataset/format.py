@@ -31,8 +31,8 @@ from typing import Iterator
 
 import cv2
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.types import CameraIntrinsics, Grasp, RigidTransform
@@ -95,15 +95,15 @@ class Episode:
         return np.asarray(self.grasp_position, np.float64), self.grasp_yaw, self.grasp_width
 
 
-def _png(image: np.ndarray) -> torch.Tensor:
+def _png(image: np.ndarray) -> np.ndarray:
     ok, data = cv2.imencode(".png", image)
     if not ok:
         raise DatasetError(f"could not PNG-encode an image of shape {image.shape} and dtype {image.dtype}")
-    return torch.from_numpy(data.reshape(-1).copy())
+    return data.reshape(-1).copy()
 
 
-def _unpng(data: torch.Tensor) -> np.ndarray:
-    image = cv2.imdecode(data.numpy(), cv2.IMREAD_UNCHANGED)
+def _unpng(data: np.ndarray) -> np.ndarray:
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise DatasetError("a frame's PNG data does not decode")
     return image
@@ -144,8 +144,7 @@ class DatasetWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"rgb": _png(cv2.cvtColor(frame.rgb, cv2.COLOR_RGB2BGR)), "depth": _png(depth_mm),
                    "labels": _png(frame.labels.astype(np.uint16)),
-                   "K": torch.tensor([k.fx, k.fy, k.cx, k.cy], dtype=torch.float64),
-                   "camera_to_base": torch.from_numpy(pose)},
+                   "K": np.array([k.fx, k.fy, k.cx, k.cy], np.float64), "camera_to_base": pose},
                   str(path), metadata={"objects": json.dumps(list(frame.objects)),
                                        "camera_frame": frame.camera_to_base.child,
                                        "base_frame": frame.camera_to_base.parent, "stamp_ns": str(frame.stamp_ns)})
@@ -209,15 +208,13 @@ class Dataset:
         path = _frame_path(self.root, index)
         if not path.is_file():
             raise DatasetError(f"{path} is missing")
-        from safetensors import safe_open
-
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(path), "numpy") as f:
             meta = f.metadata()
         data = load_file(str(path))
         labels = _unpng(data["labels"]).astype(np.int32)
         h, w = labels.shape
         fx, fy, cx, cy = data["K"].tolist()
-        pose = data["camera_to_base"].numpy()
+        pose = data["camera_to_base"]
         return RecordedFrame(cv2.cvtColor(_unpng(data["rgb"]), cv2.COLOR_BGR2RGB),
                              _unpng(data["depth"]).astype(np.float32) / 1000.0, labels,
                              tuple(json.loads(meta["objects"])), CameraIntrinsics(fx, fy, cx, cy, w, h),
