@@ -200,7 +200,7 @@ def test_eval_of_a_missing_checkpoint(env, tmp_path):
 
 # ---- record-sim and train ----------------------------------------------------------------------------------
 
-def test_record_sim_then_train_one_step(env, tmp_path):
+def test_record_sim_then_train_one_step_then_eval_it(env, tmp_path):
     result = dino_vla("record-sim", "-n", "1", "--out", "demos", env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     counts = json.loads(result.stdout.splitlines()[-1])
@@ -224,6 +224,12 @@ def test_record_sim_then_train_one_step(env, tmp_path):
     assert final["checkpoint"] == "ck" and final["final"]["epoch"] == 1 and final["final"]["step"] == 1
     for name in ("policy.safetensors", "training_state.safetensors", "README.md", "backbone/model.safetensors"):
         assert (tmp_path / "ck" / name).is_file(), name
+
+    evaluated = dino_vla("eval", "--checkpoint", "ck", "-n", "1", "--json", "eval.json", env=env, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.startswith("eval: 1 held-out scenes") and "checkpoint ck" in evaluated.stdout
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert report["checkpoint"] == "ck" and Path(report["backbone"]) == (tmp_path / "ck" / "backbone").resolve()
 
 
 def test_train_on_something_that_is_not_a_dataset(env, tmp_path):
