@@ -108,6 +108,7 @@ class Probe:
 
     def close(self) -> None:
         self.executor.shutdown()
+        self.thread.join(10)   # a timer callback still running would publish through a destroyed node
         self.node.destroy_node()
 
 
