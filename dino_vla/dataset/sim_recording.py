@@ -7,22 +7,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 from tqdm import tqdm
 
 from dino_vla.dataset.format import DatasetWriter, RecordedFrame
 from dino_vla.dataset.paraphrases import paraphrase
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
 from dino_vla.sim.scene import BASE_FRAME, MAX_DISTRACTORS, MIN_DISTRACTORS, catalogue_object, varied_scene
+from dino_vla.types import Masks
 
 EXPERT = "sim reference_grasp (true object pose)"
 
 
-def recorded_frame(frame: RenderedFrame, sim: TabletopSim, names: list[str], masks: np.ndarray) -> RecordedFrame:
-    labels = np.zeros(frame.segmentation.shape, np.uint16)
-    for k, mask in enumerate(masks):
-        labels[mask] = k + 1
-    return RecordedFrame(frame.rgb, frame.depth, labels, tuple(names), sim.intrinsics(), sim.camera_pose())
+def recorded_frame(frame: RenderedFrame, sim: TabletopSim, names: list[str], masks: Masks) -> RecordedFrame:
+    return RecordedFrame(frame.rgb, frame.depth, masks.label_image(), tuple(names), sim.intrinsics(),
+                         sim.camera_pose())
 
 
 def record_sim_demonstrations(out: str | Path, scenes: int, first_seed: int = 0, width: int = 640,
@@ -39,7 +37,7 @@ def record_sim_demonstrations(out: str | Path, scenes: int, first_seed: int = 0,
                 frame = sim.render()
                 everything, masks = sim.ground_truth_all(frame)
                 names = list(everything.phrases)
-                index = writer.add_frame(recorded_frame(frame, sim, names, masks.masks))
+                index = writer.add_frame(recorded_frame(frame, sim, names, masks))
                 counts["frames"] += 1
                 for k, name in enumerate(names):
                     instruction, drawn = paraphrase(name, rng, "train")
