@@ -4,6 +4,9 @@ user runs them: marked `slow`, and `dds` where they start nodes). Helpers that a
 support/ (on the path via pytest.ini's pythonpath)."""
 import os
 import signal
+import sys
+import threading
+import traceback
 from pathlib import Path
 
 # Never let a test reach for a model hub: every model is built locally.
@@ -15,15 +18,32 @@ import pytest  # noqa: E402
 
 # A test past 300 s is hung: pytest.ini's faulthandler_timeout prints every thread's stack, then SIGALRM's
 # default action ends the run. Both work while C code holds the GIL (a Fast DDS take() spinning forever was
-# seen to), which a watchdog written in Python cannot.
+# seen to), which a watchdog written in Python cannot. A CI log shows only its tail, where that dump ends with
+# the outermost pytest frames, so between the dump and the end a Python watchdog prints, when it can, the hung
+# test's name and the main thread's innermost frames.
 HUNG_TEST_S = 330
+HUNG_SUMMARY_S = 310
+
+
+def _summarise_hang(item, main_thread: int, done: threading.Event) -> None:
+    if done.wait(HUNG_SUMMARY_S):
+        return
+    frame = sys._current_frames().get(main_thread)
+    stack = "".join(traceback.format_stack(frame)[-8:]) if frame else "(no frame)\n"
+    # with capture suspended: the test's own output is captured and would die with the run
+    with item.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        sys.stderr.write(f"\nHUNG past {HUNG_SUMMARY_S} s: {item.nodeid}\nmain thread, innermost last:\n{stack}")
+        sys.stderr.flush()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     signal.alarm(HUNG_TEST_S)
+    done = threading.Event()
+    threading.Thread(target=_summarise_hang, args=(item, threading.get_ident(), done), daemon=True).start()
     yield
+    done.set()
     signal.alarm(0)
 
 
