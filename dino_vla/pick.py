@@ -11,11 +11,14 @@ import numpy as np
 from dino_vla.config import ConfigError
 from dino_vla.geometry.grasp_planner import GraspPlanner, GraspRefused, GripperSpec, Workspace
 from dino_vla.geometry.depth import DepthFrame
+from dino_vla.geometry.grounding import Candidate, GroundingFailure, ViewAxes, choose, distinct, fits_colour
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, localise
+from dino_vla.instruction import GroundingQuery
+from dino_vla.language import ObjectPhrase
 from dino_vla.types import Detections, Grasp, Masks, Object3D, RigidTransform
 
 # Result codes of a pick (also the Pick action's failure_reason); GraspRefused adds its own reasons.
-FAILURE_REASONS = ("bad_instruction", "timeout", "no_object", "no_points", "too_wide", "outside_workspace",
+FAILURE_REASONS = ("bad_instruction", "timeout", "no_object", "ambiguous", "no_points", "too_wide", "outside_workspace",
                    "too_small", "wrong_frame", "too_few_points", "execution_failed", "wrong_object",
                    "dry_run", "cancelled", "internal_error")
 
@@ -83,7 +86,7 @@ class PickPlan:
     chosen: Object3D           # the object the grasp is for, in the target frame
     detection_index: int       # which of the detections it is
     grasp: Grasp
-    candidates: int            # detections of the target phrase
+    candidates: int            # distinct objects detected for the target phrase
 
 
 class PickPlanner:
@@ -91,34 +94,57 @@ class PickPlanner:
         self.settings = settings
         self.grasp_planner = GraspPlanner(settings.gripper, settings.workspace)
 
-    def plan(self, frame: DepthFrame, detections: Detections, masks: Masks, target_phrase: str,
+    def plan(self, frame: DepthFrame, detections: Detections, masks: Masks, query: GroundingQuery | str,
              camera_to_target: RigidTransform) -> PickPlan:
-        """Grasp the best-scoring detection of `target_phrase` that has 3D points; other phrases of the
-        instruction (reference objects such as "the laptop") are never grasped."""
+        """Grasp the object the instruction means among the detections of its target phrase: of its colour
+        (measured under the masks), its size word and its spatial relation to the reference objects
+        (geometry.grounding's rules). Reference objects are never grasped. PickFailure no_object when
+        nothing fits, ambiguous when several do. A plain string is a target phrase with nothing to resolve."""
+        if isinstance(query, str):
+            query = GroundingQuery(query, query)
         if frame.frame != camera_to_target.child:
             raise PickFailure("wrong_frame", f"depth is in {frame.frame!r}, the camera pose is for "
                                              f"{camera_to_target.child!r}")
-        candidates = [i for i in np.argsort(-detections.scores, kind="stable")
-                      if detections.phrases[i] == target_phrase]
-        if not candidates:
-            seen = ", ".join(sorted(set(detections.phrases))) or "nothing"
-            raise PickFailure("no_object", f"no {target_phrase!r} detected (saw: {seen})")
         if len(masks) != len(detections):
             raise ValueError(f"{len(masks)} masks for {len(detections)} detections")
-        # best first, stopping at the first with usable depth: reference objects are never localised here
-        problems = []
-        for index in candidates:
-            try:
-                chosen = localise(frame, masks.masks[index], target_phrase, float(detections.scores[index]),
-                                  self.settings.localiser).transformed(camera_to_target)
-                break
-            except NoPointsError as err:
-                problems.append(err)
-        else:
-            raise PickFailure("no_points", f"{len(candidates)} {target_phrase!r} detection(s), none with "
-                                           f"usable depth: {problems[0]}")
+        target = query.parsed.target if query.parsed else ObjectPhrase(query.target)
+        relation = query.parsed.relation if query.parsed else None
+        found, problems = self._candidates(frame, detections, masks, query.target, target, camera_to_target)
+        if not found and problems:
+            raise PickFailure("no_points", f"{len(problems)} {query.target!r} detection(s), none with usable "
+                                           f"depth: {problems[0]}")
+        if not found:
+            seen = ", ".join(sorted(set(detections.phrases))) or "nothing"
+            colours = [c for i, c in enumerate(masks.colours) if detections.phrases[i] == query.target]
+            painted = f" (the ones seen are {', '.join(sorted(set(colours)))})" if colours and target.colour else ""
+            raise PickFailure("no_object", f"no {query.target!r} detected{painted} (saw: {seen})")
+        references = [self._candidates(frame, detections, masks, phrase.phrase, phrase, camera_to_target)[0]
+                      for phrase in (relation.references if relation else ())]
         try:
-            grasp = self.grasp_planner.plan(chosen)
+            chosen = choose(target, found, relation, references, ViewAxes.of(camera_to_target))
+        except GroundingFailure as err:
+            raise PickFailure(err.reason, str(err)) from None
+        try:
+            grasp = self.grasp_planner.plan(chosen.obj)
         except GraspRefused as err:
             raise PickFailure(err.reason, str(err)) from None
-        return PickPlan(target_phrase, chosen, int(index), grasp, len(candidates))
+        return PickPlan(query.target, chosen.obj, chosen.index, grasp, len(found))
+
+    def _candidates(self, frame: DepthFrame, detections: Detections, masks: Masks, label: str,
+                    phrase: ObjectPhrase, camera_to_target: RigidTransform
+                    ) -> tuple[list[Candidate], list[NoPointsError]]:
+        """The distinct objects detected as `label` whose measured colour fits `phrase`, localised in the
+        target frame (and why those without depth have none)."""
+        colours = masks.colours or ("",) * len(detections)
+        found, problems = [], []
+        for i in np.argsort(-detections.scores, kind="stable"):
+            if detections.phrases[i] != label or not fits_colour(colours[i], phrase):
+                continue
+            score = float(detections.scores[i])
+            try:
+                obj = localise(frame, masks.masks[i], label, score, self.settings.localiser)
+            except NoPointsError as err:
+                problems.append(err)
+                continue
+            found.append(Candidate(int(i), score, colours[i], obj.transformed(camera_to_target)))
+        return distinct(found), problems

@@ -54,6 +54,7 @@ class Masks:
 
     masks: np.ndarray          # (N, H, W) bool, original image size
     scores: np.ndarray         # (N,) float32 predicted IoU
+    colours: tuple[str, ...] = ()   # colour name of each mask's pixels ("" unknown); () when not measured
 
     def __len__(self) -> int:
         return int(self.masks.shape[0])

@@ -27,7 +27,7 @@ def main(args: argparse.Namespace) -> int:
     from dino_vla.evaluation.pick import (DEFAULT_TARGETS, ORACLE, PLANNER, ground_truth_perception_of,
                                           model_perception, run_pick_benchmark)
     from dino_vla.models.loading import ModelUnavailableError
-    from dino_vla.sim.scene import CATALOGUE, catalogue_object
+    from dino_vla.sim.scene import ORIGINAL_CATEGORIES, catalogue_object
     from dino_vla.sim.stand_in import SOURCE
 
     targets = tuple(args.targets or DEFAULT_TARGETS)
@@ -36,8 +36,8 @@ def main(args: argparse.Namespace) -> int:
             catalogue_object(target)
         except ValueError as err:
             fail(str(err))
-    if args.scenes < 1 or not 0 <= args.distractors < len(CATALOGUE):
-        fail(f"--scenes must be >= 1 and --distractors in [0, {len(CATALOGUE) - 1}]")
+    if args.scenes < 1 or not 0 <= args.distractors < len(ORIGINAL_CATEGORIES):
+        fail(f"--scenes must be >= 1 and --distractors in [0, {len(ORIGINAL_CATEGORIES) - 1}]")
     params = load_params(args)
     if choose_perception(args, params)[0]:
         from dino_vla.pipeline import PerceptionPipeline

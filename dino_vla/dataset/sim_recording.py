@@ -12,7 +12,7 @@ from tqdm import tqdm
 from dino_vla.dataset.format import DatasetWriter, RecordedFrame
 from dino_vla.dataset.paraphrases import paraphrase
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
-from dino_vla.sim.scene import BASE_FRAME, MAX_DISTRACTORS, MIN_DISTRACTORS, catalogue_object, varied_scene
+from dino_vla.sim.scene import BASE_FRAME, MAX_DISTRACTORS, MIN_DISTRACTORS, varied_scene
 from dino_vla.types import Masks
 
 EXPERT = "sim reference_grasp (true object pose)"
@@ -43,6 +43,6 @@ def record_sim_demonstrations(out: str | Path, scenes: int, first_seed: int = 0,
                     instruction, drawn = paraphrase(name, rng, "train")
                     writer.add_episode(index, instruction, sim.reference_grasp(name), target_object=k,
                                        extra={"seed": seed, "target": name, "expert": EXPERT,
-                                              "symmetry": catalogue_object(name).grasp_symmetry, **drawn})
+                                              "symmetry": spec.get(name).kind.grasp_symmetry, **drawn})
                     counts["episodes"] += 1
     return counts

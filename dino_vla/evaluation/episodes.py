@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,6 +28,7 @@ class Attempt:
     failure: str                # "" on success; else a refusal reason, "lifted <name>" or the executor's reason
     decision_ms: float | None   # the method's decision (perception it computes itself + planning), no motion
     metrics: dict[str, float | None] = field(default_factory=dict)   # method-specific measures, e.g. errors
+    commanded: bool = True      # a grasp was sent (False: the method refused)
 
 
 def executed(outcome: GraspOutcome, target: str, correct_object: bool, decision_ms: float | None,
@@ -41,7 +42,14 @@ def executed(outcome: GraspOutcome, target: str, correct_object: bool, decision_
 def refused(reason: str, correct_object: bool = False, decision_ms: float | None = None,
             **metrics: float | None) -> Attempt:
     """An attempt that commanded nothing."""
-    return Attempt(False, correct_object, False, reason, decision_ms, metrics)
+    return Attempt(False, correct_object, False, reason, decision_ms, metrics, commanded=False)
+
+
+def expecting_refusal(attempt: Attempt) -> Attempt:
+    """The same attempt judged where the named object is absent: success is refusing with no_object."""
+    right = not attempt.commanded and attempt.failure == "no_object"
+    failure = "" if right else attempt.failure or "grasped an object that was not asked for"
+    return replace(attempt, success=right, correct_object=right, failure=failure)
 
 
 @dataclass(frozen=True)
@@ -81,6 +89,7 @@ def summarise(episodes: list[Episode], method: str) -> dict:
             "success_rate": rate(a.success for a in attempts),
             "correct_object_rate": rate(a.correct_object for a in attempts),
             "wrong_object_rate": rate(a.wrong_object for a in attempts),
+            "refusal_rate": rate(not a.commanded for a in attempts),
             "median_decision_ms": median(a.decision_ms for a in attempts),
             **{f"median_{name}": median(a.metrics.get(name) for a in attempts) for name in metrics},
             "failures": dict(sorted(failures.items()))}
@@ -109,13 +118,14 @@ def report(episodes: list[Episode], methods: tuple[str, ...], baseline: str | No
 
 
 def table_lines(result: dict, labels: dict[str, str] | None = None) -> list[str]:
-    """Per target and overall, for each method: episodes, success, correct object, wrong object lifted and
-    median decision time, then its own medians; then the ratios to the baseline and the failures."""
+    """Per target and overall, for each method: episodes, success, correct object, wrong object lifted, refused
+    (nothing commanded) and median decision time, then its own medians; then the ratios to the baseline and the failures."""
     methods = result["methods"]
     labels = labels or {}
     columns = {m: [k for k in result["overall"][m] if k.startswith("median_") and k != "median_decision_ms"]
                for m in methods}
-    headers = {m: ["success", "correct", "wrong", "ms"] + [k[len("median_"):] for k in columns[m]] for m in methods}
+    headers = {m: ["success", "correct", "wrong", "refused", "ms"] + [k[len("median_"):] for k in columns[m]]
+               for m in methods}
     widths = {m: [max(8, len(h)) for h in headers[m]] for m in methods}
     block = {m: sum(widths[m]) + len(widths[m]) for m in methods}
     lines = [f"{'':10s} {'':>4s}" + "".join(f" | {labels.get(m, m):^{block[m] - 1}s}" for m in methods),
@@ -127,7 +137,7 @@ def table_lines(result: dict, labels: dict[str, str] | None = None) -> list[str]
         for m in methods:
             s = summary[m]
             values = [_percent(s["success_rate"]), _percent(s["correct_object_rate"]),
-                      _percent(s["wrong_object_rate"]), _number(s["median_decision_ms"])]
+                      _percent(s["wrong_object_rate"]), _percent(s["refusal_rate"]), _number(s["median_decision_ms"])]
             values += [_number(s[k]) for k in columns[m]]
             cells.append(" ".join(f"{v:>{w}s}" for v, w in zip(values, widths[m])))
         lines.append(f"{name:10s} {summary[methods[0]]['episodes']:4d}" + "".join(f" | {c}" for c in cells))

@@ -15,7 +15,7 @@ from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.instruction import GroundingQuery, parse_instruction
 from dino_vla.pick import PickFailure, PickPlanner, PickSettings
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
-from dino_vla.sim.scene import CAMERA_FRAME, CATALOGUE_BY_NAME, random_scene
+from dino_vla.sim.scene import CAMERA_FRAME, random_scene
 from dino_vla.sim.stand_in import SOURCE, ground_truth_perception
 from dino_vla.types import Detections, Masks
 
@@ -54,7 +54,7 @@ def pick_episode(target: str, seed: int, distractors: int, planner: PickPlanner,
         depth = DepthFrame(frame.depth, sim.intrinsics(), CAMERA_FRAME)
         truth = sim.object_poses()[target].translation
         try:
-            plan = planner.plan(depth, detections, masks, query.target, camera_pose)
+            plan = planner.plan(depth, detections, masks, query, camera_pose)
         except PickFailure as err:
             planned = refused(err.reason, decision_ms=(time.perf_counter() - t_plan) * 1e3,
                               centroid_error_cm=None, grasp_xy_error_cm=None,
@@ -62,7 +62,7 @@ def pick_episode(target: str, seed: int, distractors: int, planner: PickPlanner,
         else:
             planning_ms = (time.perf_counter() - t_plan) * 1e3
             outcome = sim.execute(plan.grasp)
-            planned = executed(outcome, target, _seen_object(frame, masks.masks[plan.detection_index]) == target,
+            planned = executed(outcome, target, seen_object(sim, frame, masks.masks[plan.detection_index]) == target,
                                planning_ms,
                                centroid_error_cm=100 * float(np.linalg.norm(plan.chosen.centroid - truth)),
                                grasp_xy_error_cm=100 * float(np.linalg.norm(plan.grasp.position[:2] - truth[:2])),
@@ -72,14 +72,14 @@ def pick_episode(target: str, seed: int, distractors: int, planner: PickPlanner,
     return Episode(seed, target, instruction, objects, {PLANNER: planned, ORACLE: oracle})
 
 
-def _seen_object(frame: RenderedFrame, mask: np.ndarray) -> str | None:
-    """The object most of a mask's pixels show in the simulator's segmentation (None: table or background)."""
+def seen_object(sim: TabletopSim, frame: RenderedFrame, mask: np.ndarray) -> str | None:
+    """The instance most of a mask's pixels show in the simulator's segmentation (None: table or background)."""
     ids = frame.segmentation[mask]
     ids = ids[ids > 0]
     if ids.size == 0:
         return None
     seg_id = int(np.bincount(ids).argmax())
-    return next((name for name, kind in CATALOGUE_BY_NAME.items() if kind.seg_id == seg_id), None)
+    return next((name for name, i in sim.segmentation_ids.items() if i == seg_id), None)
 
 
 def _oracle(sim: TabletopSim, target: str) -> Attempt:

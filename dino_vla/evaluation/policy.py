@@ -51,7 +51,7 @@ def policy_episode(seed: int, policy: GraspPolicy, features: DinoFeatures, plann
         detections, named = ground_truth_perception(sim, frame, query.phrases)
         start = time.perf_counter()
         try:
-            plan = planner.plan(depth, detections, named, query.target, camera_pose)
+            plan = planner.plan(depth, detections, named, query, camera_pose)
             planned_ms = (time.perf_counter() - start) * 1e3
             by_baseline = executed(sim.execute(plan.grasp), target, True, planned_ms)
         except PickFailure as err:

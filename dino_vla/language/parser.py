@@ -31,7 +31,11 @@ _REQUESTS = ("i would like", "i want", "i need", "can i have", "could i have", "
              "could i get", "give me")
 
 
-class InstructionRefused(ValueError):
+class InstructionError(ValueError):
+    """An instruction, or detector phrases, that cannot be acted on."""
+
+
+class InstructionRefused(InstructionError):
     """An instruction the robot will not act on; `reason` is one of REFUSALS."""
 
     def __init__(self, reason: str, text: object, why: str):
@@ -310,7 +314,11 @@ def parse(text: str) -> Instruction:
     tokens, corrections = _correct(tokens)
     # a verb form right after a determiner is a noun's modifier ("the cutting board")
     tokens = [t if i and tokens[i - 1] in V.DETERMINERS else _lemma(t, _VERB_WORDS) for i, t in enumerate(tokens)]
-    request = bool(_match(tokens, 0, _REQUESTS))
+    request = _match(tokens, 0, _REQUESTS)
+    if request:   # "i need the mug": the request is the verb; "i'd like you to put ...": a wrapper
+        tokens = tokens[len(request.split()):]
+        if tokens[:1] == ["you"]:
+            tokens = tokens[2:] if tokens[1:2] == ["to"] else tokens[1:]
     tokens = _strip_vocative(tokens)
     tokens = _strip(tokens, V.POLITENESS)
     chunks = _chunks(tokens)
@@ -324,7 +332,7 @@ def parse(text: str) -> Instruction:
                                  "anything (e.g. 'pick up the red mug', 'where is the cup?')")
     verb = verbs[0].value if verbs else "give me"
     action = "find" if verb in V.FIND_VERBS else "pick"
-    at = chunks.index(verbs[0]) if verbs else 0
+    at = chunks.index(verbs[0]) if verbs else -1
     target, position, after = _target(chunks, at)
     if target is None:
         raise InstructionRefused("no_object", text, "it does not name an object to look for ('it', 'that one' "

@@ -3,12 +3,13 @@ CLI and the benchmarks all run this object, so what is tested is what runs."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 import numpy as np
 
 from dino_vla.config import MODEL_CHOICES
+from dino_vla.colour import colour_names
 from dino_vla.instruction import GroundingQuery, parse_instruction
 from dino_vla.models.detector import GroundingDetector
 from dino_vla.models.features import DinoFeatures
@@ -82,7 +83,9 @@ class PerceptionPipeline:
         image = validate_image(image)
         if detections.image_size != image.shape[:2]:
             raise ValueError(f"detections are for a {detections.image_size} image, got {image.shape[:2]}")
-        return self._require("segmenter", self.segmenter).segment(image, detections.boxes)
+        masks = self._require("segmenter", self.segmenter).segment(image, detections.boxes)
+        # measured here, where the image is: the pick sees only masks and depth
+        return replace(masks, colours=colour_names(image, masks.masks))
 
     def run(self, image: np.ndarray, instruction: str | GroundingQuery) -> PerceptionResult:
         """Every loaded stage on one frame, with per-stage wall times in milliseconds."""

@@ -42,8 +42,8 @@ def masks_to_msg(header: Header, detections_msg: DetectionArray, detections: Det
     encoding = "mono8" if labels.dtype == np.uint8 else "16UC1"
     return SegmentationMasks(header=header, labels=numpy_to_image(labels, encoding, header),
                              detections=list(detections_msg.detections),
-                             mask_scores=masks.scores.astype(np.float32).tolist(), source=source,
-                             instruction=detections_msg.instruction)
+                             mask_scores=masks.scores.astype(np.float32).tolist(), colours=list(masks.colours),
+                             source=source, instruction=detections_msg.instruction)
 
 
 def masks_from_msg(msg: SegmentationMasks) -> tuple[Detections, Masks]:
@@ -58,7 +58,8 @@ def masks_from_msg(msg: SegmentationMasks) -> tuple[Detections, Masks]:
     scores = np.asarray(msg.mask_scores, np.float32)
     if scores.shape != (n,):
         scores = np.ones(n, np.float32)
-    return detections, Masks(masks, scores)
+    colours = tuple(msg.colours) if len(msg.colours) == n else ()
+    return detections, Masks(masks, scores, colours)
 
 
 def intrinsics_from_msg(msg: CameraInfo) -> CameraIntrinsics:

@@ -158,6 +158,9 @@ class PickNode(ConfiguredNode):
             query = parse_instruction(instruction)
         except InstructionError as err:
             raise PickFailure("bad_instruction", str(err)) from None
+        if query.parsed.action != "pick":
+            raise PickFailure("bad_instruction", f"{instruction!r} asks to {query.parsed.action} the "
+                                                 f"{query.target}, not to pick it up: nothing is moved")
         result.target_phrase = query.target
         since = self.get_clock().now().nanoseconds
         self.instruction_publisher.publish(String(data=instruction))
@@ -221,7 +224,7 @@ class PickNode(ConfiguredNode):
             camera_to_target = self.extrinsic.camera_to_target(m.frame.frame)
         except ValueError as err:
             raise PickFailure("wrong_frame", str(err)) from None
-        plan = self.planner.plan(m.frame, m.detections, m.masks, query.target, camera_to_target)
+        plan = self.planner.plan(m.frame, m.detections, m.masks, query, camera_to_target)
         self._feedback(goal_handle, "planning", f"{plan.chosen.phrase} at {plan.chosen.centroid.round(3).tolist()}")
         # stamped with the perception it was planned from (GraspCommand.msg), which the outcome pairs with
         header = Header(stamp=m.header.stamp, frame_id=self.params["target_frame"])

@@ -20,7 +20,7 @@ from dino_vla.ros.messages import (camera_info_msg, detections_to_msg, grasp_fro
                                    pose_msg)
 from dino_vla.ros.node_base import ConfiguredNode, run_node
 from dino_vla.sim.mujoco_sim import TabletopSim
-from dino_vla.sim.scene import catalogue_object, random_scene
+from dino_vla.sim.scene import random_scene
 from dino_vla.sim.stand_in import SOURCE, class_agnostic, ground_truth_perception
 
 
@@ -90,7 +90,7 @@ class SimNode(ConfiguredNode):
         header = Header(stamp=camera_header.stamp, frame_id=self.params["base_frame"])
         detections = []
         for i, (name, pose) in enumerate(self.sim.object_poses().items()):
-            kind = catalogue_object(name)
+            kind = self.sim.spec.get(name).kind
             across = 2 * kind.footprint_radius
             detections.append(Detection(header=header, id=str(i), class_id=name, score=1.0, has_pose=True,
                                         pose=pose_msg(pose.translation, pose.rotation),

@@ -4,14 +4,14 @@ The simulator's names load MuJoCo (and pick an offscreen GL backend) only when f
 can be drawn where MuJoCo is not installed.
 """
 from dino_vla.sim.scene import (
-    BASE_FRAME, CAMERA_FOVY_DEG, CAMERA_FRAME, CAMERA_POSITION, CAMERA_TARGET, CATALOGUE, GRIPPER_HOME,
-    GRIPPER_MAX_OPENING, SEGMENTATION_IDS, TABLE_HEIGHT, CatalogueObject, Part, PlacedObject, SceneSpec,
-    catalogue_object, default_scene, overlapping_pairs, random_scene, to_mjcf)
+    BASE_FRAME, CAMERA_FOVY_DEG, CAMERA_FRAME, CAMERA_POSITION, CAMERA_TARGET, CATALOGUE, COLOURS, GRIPPER_HOME,
+    GRIPPER_MAX_OPENING, TABLE_HEIGHT, CatalogueObject, Part, PlacedObject, SceneSpec, catalogue_object,
+    default_scene, overlapping_pairs, random_scene, to_mjcf)
 
 _SIMULATOR_NAMES = ("GraspOutcome", "RenderedFrame", "TabletopSim")
 
 __all__ = ["BASE_FRAME", "CAMERA_FOVY_DEG", "CAMERA_FRAME", "CAMERA_POSITION", "CAMERA_TARGET", "CATALOGUE",
-           "GRIPPER_HOME", "GRIPPER_MAX_OPENING", "SEGMENTATION_IDS", "TABLE_HEIGHT", "CatalogueObject", "Part",
+           "COLOURS", "GRIPPER_HOME", "GRIPPER_MAX_OPENING", "TABLE_HEIGHT", "CatalogueObject", "Part",
            "PlacedObject", "SceneSpec", "catalogue_object", "default_scene", "overlapping_pairs", "random_scene",
            "to_mjcf", *_SIMULATOR_NAMES]
 

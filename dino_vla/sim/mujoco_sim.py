@@ -19,8 +19,8 @@ import mujoco  # noqa: E402
 
 from dino_vla.instruction import normalise_phrases  # noqa: E402
 from dino_vla.sim.scene import (  # noqa: E402
-    BASE_FRAME, CAMERA_FRAME, CAMERA_NAME, CATALOGUE_BY_NAME, GRIPPER_HOME,
-    GRIPPER_MAX_OPENING, TABLE_HEIGHT, SceneSpec, to_mjcf)
+    BASE_FRAME, CAMERA_FRAME, CAMERA_NAME, GRIPPER_HOME, GRIPPER_MAX_OPENING, TABLE_HEIGHT, CatalogueObject,
+    SceneSpec, to_mjcf)
 from dino_vla.types import CameraIntrinsics, Detections, Grasp, Masks, RigidTransform  # noqa: E402
 
 __all__ = ["TABLE_HEIGHT", "GraspOutcome", "RenderedFrame", "TabletopSim"]
@@ -43,7 +43,7 @@ class RenderedFrame:
 
     rgb: np.ndarray            # (H, W, 3) uint8
     depth: np.ndarray          # (H, W) float32 metres along the optical axis; 0 where the ray hits nothing
-    segmentation: np.ndarray   # (H, W) uint8: catalogue seg_id of the object seen, 0 for table/floor/robot/sky
+    segmentation: np.ndarray   # (H, W) uint8: TabletopSim.segmentation_ids of the object seen, 0 for the rest
     sim_time: float            # seconds since the last reset
 
 
@@ -84,10 +84,13 @@ class TabletopSim:
         self._gripper_geoms = {g for g in range(m.ngeom) if m.geom_bodyid[g] in gripper_bodies}
         body_to_name = {b: n for n, b in self._bodies.items()} | {m.body("table").id: "table"}
         self._geom_owner = [body_to_name.get(int(m.geom_bodyid[g])) for g in range(m.ngeom)]
+        # each instance's label in rendered segmentation images: 1 + its index in the spec (0 = no object)
+        self.segmentation_ids = {name: k + 1 for k, name in enumerate(spec.names)}
+        self._kinds = {o.name: o.kind for o in spec.objects}
         self._geom_label = np.zeros(m.ngeom + 1, np.uint8)   # last entry: the -1 MuJoCo gives empty pixels
         for g, owner in enumerate(self._geom_owner):
             if owner in self._bodies:
-                self._geom_label[g] = CATALOGUE_BY_NAME[owner].seg_id
+                self._geom_label[g] = self.segmentation_ids[owner]
         self.reset()
 
     # ---- state ---------------------------------------------------------------------------------------------
@@ -124,7 +127,7 @@ class TabletopSim:
         than the object."""
         pose = self.object_poses()[name]
         yaw = math.atan2(pose.rotation[1, 0], pose.rotation[0, 0])
-        width = min(CATALOGUE_BY_NAME[name].grasp_width + 0.03, GRIPPER_MAX_OPENING)
+        width = min(self._kinds[name].grasp_width + 0.03, GRIPPER_MAX_OPENING)
         return Grasp(pose.translation.copy(), np.array([0.0, 0.0, -1.0]), yaw, width, 1.0, name, BASE_FRAME)
 
     # ---- camera --------------------------------------------------------------------------------------------
@@ -171,33 +174,37 @@ class TabletopSim:
 
     # ---- ground truth --------------------------------------------------------------------------------------
     def ground_truth(self, phrase: str, frame: RenderedFrame, min_pixels: int = 30) -> tuple[Detections, Masks]:
-        """What a perfect Grounding DINO + SAM would return for one phrase: every visible object the phrase
-        names ("cup", "mug", "red cup"), its box tight around its mask, score 1. Objects showing fewer than
-        min_pixels pixels count as not visible."""
+        """What a perfect Grounding DINO + SAM would return for one phrase: every visible object of the kind its
+        noun names ("cup", "mug"), its box tight around its mask, labelled with the phrase, score 1; its paint
+        as the mask's colour. Attribute words (colour, size) do not narrow it: an open-vocabulary detector's
+        boxes for "red cup" include other cups, so telling them apart is the pick's job. Objects showing fewer
+        than min_pixels pixels count as not visible."""
         label = normalise_phrases([phrase])[0]
-        names = [n for n in self.object_names if CATALOGUE_BY_NAME[n].matches(label)]
+        words = label.split()
+        names = [n for n in self.object_names if any(self._kinds[n].answers_to(w) for w in words)]
         return self._detections(frame, names, [label] * len(names), min_pixels)
 
     def ground_truth_all(self, frame: RenderedFrame, min_pixels: int = 30) -> tuple[Detections, Masks]:
-        """Every visible object, labelled with its catalogue name."""
+        """Every visible object, labelled with its instance name."""
         return self._detections(frame, list(self.object_names), list(self.object_names), min_pixels)
 
     def _detections(self, frame: RenderedFrame, names: list[str], phrases: list[str],
                     min_pixels: int) -> tuple[Detections, Masks]:
         h, w = frame.segmentation.shape
-        boxes, masks, kept = [], [], []
+        boxes, masks, kept, colours = [], [], [], []
         for name, phrase in zip(names, phrases):
-            mask = frame.segmentation == CATALOGUE_BY_NAME[name].seg_id
+            mask = frame.segmentation == self.segmentation_ids[name]
             if mask.sum() < min_pixels:
                 continue
             rows, cols = np.nonzero(mask)
             boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
             masks.append(mask)
             kept.append(phrase)
+            colours.append(self._kinds[name].colour)
         n = len(kept)
         detections = Detections(np.asarray(boxes, np.float32).reshape(n, 4), np.ones(n, np.float32), tuple(kept),
                                 (h, w))
-        return detections, Masks(np.asarray(masks, bool).reshape(n, h, w), np.ones(n, np.float32))
+        return detections, Masks(np.asarray(masks, bool).reshape(n, h, w), np.ones(n, np.float32), tuple(colours))
 
     # ---- grasping ------------------------------------------------------------------------------------------
     def execute(self, grasp: Grasp, lift_m: float = 0.15) -> GraspOutcome:
@@ -240,7 +247,7 @@ class TabletopSim:
         touching = self._touching_both_fingers()
         held = [n for n in poses if rise[n] >= 0.8 * lift_m and n in touching]
         lifted = max(held, key=rise.get) if held else None
-        disturbed = tuple(n for n in poses if n != lifted and _moved(n, start[n], poses[n]))
+        disturbed = tuple(n for n in poses if n != lifted and _moved(self._kinds[n], start[n], poses[n]))
         if lifted is not None:
             reason = ""
         elif slipped := [n for n in poses if peak[n] >= SLIP_RISE]:
@@ -253,7 +260,7 @@ class TabletopSim:
             reason = "nothing lifted"
         return GraspOutcome(
             success=lifted is not None, lifted_object=lifted,
-            matches_phrase=lifted is not None and CATALOGUE_BY_NAME[lifted].matches(grasp.phrase),
+            matches_phrase=lifted is not None and self._kinds[lifted].matches(grasp.phrase),
             lifted_m=rise, finger_opening=float(d.ten_length[self._opening]), reason=reason,
             blocked_by=blocked_by, disturbed=disturbed, wall_s=time.perf_counter() - wall0,
             sim_s=float(d.time) - sim0)
@@ -327,9 +334,9 @@ class TabletopSim:
         return {name for name, fingers in touched.items() if len(fingers) == 2}
 
 
-def _moved(name: str, before: RigidTransform, after: RigidTransform) -> bool:
+def _moved(kind: CatalogueObject, before: RigidTransform, after: RigidTransform) -> bool:
     """Pushed aside or tipped (a ball's orientation says nothing: it rolls)."""
     shift = np.linalg.norm(after.translation[:2] - before.translation[:2])
     tilt = math.acos(np.clip((before.rotation.T @ after.rotation)[2, 2], -1.0, 1.0))
-    rolls = CATALOGUE_BY_NAME[name].parts[0].shape == "sphere"
+    rolls = kind.parts[0].shape == "sphere"
     return bool(shift > DISTURB_SHIFT or (tilt > DISTURB_TILT and not rolls))

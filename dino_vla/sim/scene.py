@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -79,15 +79,18 @@ class Part:
 
 @dataclass(frozen=True)
 class CatalogueObject:
-    """An object type: what people call it, its colour, its shape."""
+    """An object type: what people call it, its shape and its usual colour (scenes may paint it otherwise:
+    `variant`)."""
 
     name: str
     synonyms: tuple[str, ...]        # nouns it answers to, name included
-    colour: str
-    rgba: tuple[float, float, float, float]
+    colour: str                      # a COLOURS name
     parts: tuple[Part, ...]          # parts[0] is the body a grasp holds; the origin is its centre
     mass: float                      # kg
-    seg_id: int                      # its label in rendered segmentation images (0 = not an object)
+
+    @property
+    def rgba(self) -> tuple[float, float, float, float]:
+        return COLOURS[self.colour]
 
     @property
     def base_height(self) -> float:
@@ -101,6 +104,10 @@ class CatalogueObject:
     @property
     def footprint_radius(self) -> float:
         return max(p.xy_reach for p in self.parts)
+
+    @property
+    def volume(self) -> float:
+        return sum(p.volume for p in self.parts)
 
     @property
     def grasp_width(self) -> float:
@@ -119,14 +126,28 @@ class CatalogueObject:
             return 4 if math.isclose(body.size[0], body.size[1]) else 2
         return 0
 
+    def variant(self, colour: str | None = None, scale: float = 1.0) -> "CatalogueObject":
+        """The same object painted `colour` (a COLOURS name) and scaled by `scale` in every dimension."""
+        if colour is not None and colour not in COLOURS:
+            raise ValueError(f"unknown colour {colour!r}; the palette has {sorted(COLOURS)}")
+        if not 0.5 <= scale <= 1.5:
+            raise ValueError(f"scale must be in [0.5, 1.5], got {scale}")
+        parts = tuple(Part(p.shape, tuple(v * scale for v in p.size), tuple(v * scale for v in p.pos))
+                      for p in self.parts) if scale != 1.0 else self.parts
+        return replace(self, colour=colour or self.colour, parts=parts, mass=self.mass * scale ** 3)
+
+    def answers_to(self, noun: str) -> bool:
+        """Whether a noun ("mug", "mugs") names this kind of object."""
+        return bool(_singular(noun.lower()) & set(self.synonyms))
+
     def matches(self, phrase: str) -> bool:
         """Whether a phrase such as "cup", "the red mugs" or "blue box" names this object: one of its nouns
         (singular or plural) must appear, and any colour word must be its colour."""
         words = _WORD.findall(phrase.lower())
-        colours = {w for w in words if w in COLOUR_WORDS}
+        colours = {w for w in words if w in COLOURS}
         if colours and self.colour not in colours:
             return False
-        return any(_singular(w) & set(self.synonyms) for w in words)
+        return any(self.answers_to(w) for w in words)
 
 
 def _singular(word: str) -> set[str]:
@@ -139,34 +160,48 @@ def _singular(word: str) -> set[str]:
 
 
 _WORD = re.compile(r"[a-z]+")
-COLOUR_WORDS = frozenset(
-    "red blue green yellow white purple violet orange black pink brown grey gray cyan magenta".split())
+# The paint of simulated objects: hues far enough apart that a colour word picks one of them under the
+# scenes' lighting (no grey: under dim light it is not told from white or black by eye either).
+COLOURS: dict[str, tuple[float, float, float, float]] = {
+    "red": (0.85, 0.10, 0.10, 1.0), "orange": (0.95, 0.50, 0.08, 1.0), "yellow": (0.95, 0.80, 0.10, 1.0),
+    "green": (0.10, 0.75, 0.20, 1.0), "blue": (0.10, 0.30, 0.90, 1.0), "purple": (0.55, 0.20, 0.75, 1.0),
+    "pink": (0.95, 0.35, 0.65, 1.0), "white": (0.92, 0.92, 0.90, 1.0), "black": (0.07, 0.07, 0.08, 1.0),
+}
+COLOUR_WORDS = frozenset(COLOURS)
 
 _CUP_R, _CUP_HH = 0.035, 0.05
 CATALOGUE: tuple[CatalogueObject, ...] = (
     CatalogueObject(
-        "cup", ("cup", "mug"), "red", (0.85, 0.10, 0.10, 1.0),
+        "cup", ("cup", "mug"), "red",
         (Part("cylinder", (_CUP_R, _CUP_HH)),
          # handle: two arms out of the wall and a grip joining them, along the cup's +x
          Part("box", (0.012, 0.006, 0.005), (_CUP_R + 0.010, 0.0, 0.030)),
          Part("box", (0.012, 0.006, 0.005), (_CUP_R + 0.010, 0.0, -0.030)),
          Part("box", (0.005, 0.006, 0.035), (_CUP_R + 0.018, 0.0, 0.0))),
-        mass=0.15, seg_id=1),
-    CatalogueObject("box", ("box", "cube", "carton"), "blue", (0.10, 0.30, 0.90, 1.0),
-                    (Part("box", (0.03, 0.03, 0.025)),), mass=0.10, seg_id=2),
-    CatalogueObject("ball", ("ball", "sphere"), "green", (0.10, 0.75, 0.20, 1.0),
-                    (Part("sphere", (0.032,)),), mass=0.06, seg_id=3),
+        mass=0.15),
+    CatalogueObject("box", ("box", "carton"), "blue", (Part("box", (0.03, 0.03, 0.025)),), mass=0.10),
+    CatalogueObject("ball", ("ball", "sphere"), "green", (Part("sphere", (0.032,)),), mass=0.06),
     CatalogueObject(
-        "bottle", ("bottle", "flask"), "white", (0.92, 0.92, 0.90, 1.0),
+        "bottle", ("bottle", "flask"), "white",
         (Part("cylinder", (0.030, 0.070)), Part("cylinder", (0.013, 0.025), (0.0, 0.0, 0.095))),
-        mass=0.25, seg_id=4),
-    CatalogueObject("can", ("can", "tin"), "yellow", (0.95, 0.80, 0.10, 1.0),
-                    (Part("cylinder", (0.033, 0.060)),), mass=0.18, seg_id=5),
-    CatalogueObject("block", ("block", "brick", "bar"), "purple", (0.55, 0.20, 0.75, 1.0),
-                    (Part("box", (0.05, 0.02, 0.0225)),), mass=0.08, seg_id=6),
+        mass=0.25),
+    CatalogueObject("can", ("can", "tin"), "yellow", (Part("cylinder", (0.033, 0.060)),), mass=0.18),
+    CatalogueObject("block", ("block", "brick", "bar"), "purple", (Part("box", (0.05, 0.02, 0.0225)),), mass=0.08),
+    # the categories added so that several objects share shapes and colours (the first six are ORIGINAL)
+    CatalogueObject(
+        "jar", ("jar", "pot"), "orange",
+        (Part("cylinder", (0.036, 0.050)), Part("cylinder", (0.038, 0.008), (0.0, 0.0, 0.056))), mass=0.20),
+    # a low, wide dish: primitives have no hollow, so the bowl is its outer shape
+    CatalogueObject(
+        "bowl", ("bowl", "dish"), "pink",
+        (Part("cylinder", (0.042, 0.022)), Part("cylinder", (0.030, 0.004), (0.0, 0.0, -0.024))), mass=0.12),
+    CatalogueObject("cube", ("cube", "dice"), "black", (Part("box", (0.022, 0.022, 0.022)),), mass=0.05),
+    CatalogueObject("packet", ("packet", "pack"), "orange", (Part("box", (0.035, 0.022, 0.070)),), mass=0.12),
+    CatalogueObject(
+        "tumbler", ("tumbler", "glass"), "white", (Part("cylinder", (0.030, 0.055)),), mass=0.12),
 )
+ORIGINAL_CATEGORIES = ("cup", "box", "ball", "bottle", "can", "block")
 CATALOGUE_BY_NAME = {o.name: o for o in CATALOGUE}
-SEGMENTATION_IDS = {o.name: o.seg_id for o in CATALOGUE}
 
 
 def catalogue_object(name: str) -> CatalogueObject:
@@ -178,16 +213,30 @@ def catalogue_object(name: str) -> CatalogueObject:
 
 @dataclass(frozen=True)
 class PlacedObject:
-    """A catalogue object standing upright on the table at (x, y) in base_link, turned by yaw (radians)."""
+    """A catalogue object standing upright on the table at (x, y) in base_link, turned by yaw (radians),
+    painted `colour` (None: the category's usual colour) and scaled by `scale`. `label` names the instance
+    when a scene holds several of one category ("cup_2"); by default it is the category."""
 
-    name: str
+    category: str
     x: float
     y: float
     yaw: float
+    colour: str | None = None
+    scale: float = 1.0
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.category
 
     @property
     def kind(self) -> CatalogueObject:
-        return catalogue_object(self.name)
+        return catalogue_object(self.category).variant(self.colour, self.scale)
+
+    @property
+    def description(self) -> str:
+        """What a person would call it: its colour and category ("red cup")."""
+        return f"{self.kind.colour} {self.category}"
 
     @property
     def position(self) -> np.ndarray:
@@ -196,19 +245,41 @@ class PlacedObject:
 
 
 @dataclass(frozen=True)
+class Appearance:
+    """Lighting and table surface of a scene. The default is the fixed look every scene had before scenes
+    varied it."""
+
+    light: float = 1.0                                      # scales the lights' diffuse intensity
+    table_rgb: tuple[float, float, float] = (0.60, 0.45, 0.30)
+    table_grain: float = 0.0                                # fraction of table texels in a darker speckle
+
+
+DEFAULT_APPEARANCE = Appearance()
+
+
+def random_appearance(rng: np.random.Generator) -> Appearance:
+    """Dimmer or brighter light and a wood, grey or pale table with some grain."""
+    tables = ((0.60, 0.45, 0.30), (0.45, 0.33, 0.22), (0.55, 0.55, 0.56), (0.80, 0.78, 0.72), (0.30, 0.30, 0.32))
+    table = np.asarray(tables[int(rng.integers(len(tables)))]) * rng.uniform(0.9, 1.1)
+    return Appearance(float(rng.uniform(0.6, 1.15)), tuple(float(v) for v in np.clip(table, 0, 1)),
+                      float(rng.uniform(0.0, 0.3)))
+
+
+@dataclass(frozen=True)
 class SceneSpec:
-    """The objects on the table (each catalogue object at most once) and which one a task is about."""
+    """The objects on the table (instance names unique) and which one a task is about."""
 
     objects: tuple[PlacedObject, ...]
     target: str | None = None
     seed: int | None = None
+    appearance: Appearance = field(default=DEFAULT_APPEARANCE)
 
     def __post_init__(self):
         names = [o.name for o in self.objects]
-        for name in names:
-            catalogue_object(name)
+        for o in self.objects:
+            catalogue_object(o.category)
         if len(set(names)) != len(names):
-            raise ValueError(f"each catalogue object may appear once, got {names}")
+            raise ValueError(f"instance names must be unique, got {names}")
         if self.target is not None and self.target not in names:
             raise ValueError(f"target {self.target!r} is not among the objects {names}")
 
@@ -234,38 +305,45 @@ def overlapping_pairs(spec: SceneSpec, clearance: float = MIN_CLEARANCE) -> list
     return pairs
 
 
-def random_scene(seed: int, target: str | None = None, n_distractors: int = 2) -> SceneSpec:
-    """A layout drawn from `seed` alone: the target (random when None) and n_distractors other catalogue
-    objects, each uniformly inside the placement region with a uniform yaw, MIN_CLEARANCE apart."""
-    if not 0 <= n_distractors < len(CATALOGUE):
-        raise ValueError(f"n_distractors must be in [0, {len(CATALOGUE) - 1}], got {n_distractors}")
-    rng = np.random.default_rng(seed)
-    names = [o.name for o in CATALOGUE]
-    if target is None:
-        target = names[int(rng.integers(len(names)))]
-    catalogue_object(target)
-    others = [n for n in names if n != target]
-    chosen = [target] + [others[i] for i in rng.permutation(len(others))[:n_distractors]]
-    # Rejection sampling, restarting the whole layout when one object finds no room: deterministic because
-    # every draw comes from the same generator.
+def layout(objects: list[PlacedObject], rng: np.random.Generator, what: str = "") -> tuple[PlacedObject, ...]:
+    """The objects (their x, y, yaw ignored) placed uniformly inside the placement region with a uniform yaw,
+    MIN_CLEARANCE apart. Rejection sampling, restarting the whole layout when one object finds no room:
+    deterministic because every draw comes from `rng`."""
     for _ in range(1000):
         placed: list[PlacedObject] = []
-        for name in chosen:
+        for obj in objects:
             for _ in range(100):
-                candidate = PlacedObject(name, float(rng.uniform(*PLACEMENT_X)), float(rng.uniform(*PLACEMENT_Y)),
-                                         float(rng.uniform(-math.pi, math.pi)))
+                candidate = replace(obj, x=float(rng.uniform(*PLACEMENT_X)), y=float(rng.uniform(*PLACEMENT_Y)),
+                                    yaw=float(rng.uniform(-math.pi, math.pi)))
                 if not overlapping_pairs(SceneSpec(tuple(placed) + (candidate,))):
                     placed.append(candidate)
                     break
             else:
                 break
-        if len(placed) == len(chosen):
-            return SceneSpec(tuple(placed), target, seed)
-    raise RuntimeError(f"no layout found for {chosen} (seed {seed})")
+        if len(placed) == len(objects):
+            return tuple(placed)
+    raise RuntimeError(f"no layout found for {[o.name for o in objects]} {what}")
+
+
+def random_scene(seed: int, target: str | None = None, n_distractors: int = 2) -> SceneSpec:
+    """A layout drawn from `seed` alone: the target (random among ORIGINAL_CATEGORIES when None) and
+    n_distractors other ORIGINAL_CATEGORIES objects, each in its usual colour, placed by `layout`. (The scenes
+    of the first policy and of bench-pick: each category once, so a noun names one object.)"""
+    if not 0 <= n_distractors < len(ORIGINAL_CATEGORIES):
+        raise ValueError(f"n_distractors must be in [0, {len(ORIGINAL_CATEGORIES) - 1}], got {n_distractors}")
+    rng = np.random.default_rng(seed)
+    names = list(ORIGINAL_CATEGORIES)
+    if target is None:
+        target = names[int(rng.integers(len(names)))]
+    catalogue_object(target)
+    others = [n for n in names if n != target]
+    chosen = [target] + [others[i] for i in rng.permutation(len(others))[:n_distractors]]
+    placed = layout([PlacedObject(name, 0.0, 0.0, 0.0) for name in chosen], rng, f"(seed {seed})")
+    return SceneSpec(placed, target, seed)
 
 
 # Varied scenes (demonstrations, evaluation): a random target among 2 to all-but-one other objects.
-MIN_DISTRACTORS, MAX_DISTRACTORS = 2, len(CATALOGUE) - 1
+MIN_DISTRACTORS, MAX_DISTRACTORS = 2, len(ORIGINAL_CATEGORIES) - 1
 
 
 def varied_scene(seed: int, min_distractors: int = MIN_DISTRACTORS, max_distractors: int = MAX_DISTRACTORS
@@ -300,14 +378,14 @@ def _vec(values) -> str:
 
 
 def _object_mjcf(placed: PlacedObject) -> str:
-    kind = placed.kind
-    density = kind.mass / sum(p.volume for p in kind.parts)
+    kind, name = placed.kind, placed.name
+    density = kind.mass / kind.volume
     geoms = "\n".join(
-        f'      <geom name="{kind.name}_{i}" type="{p.shape}" size="{_vec(p.size)}" pos="{_vec(p.pos)}" '
+        f'      <geom name="{name}_{i}" type="{p.shape}" size="{_vec(p.size)}" pos="{_vec(p.pos)}" '
         f'density="{density:.6g}" rgba="{_vec(kind.rgba)}"/>'
         for i, p in enumerate(kind.parts))
-    return (f'    <body name="{kind.name}" pos="{_vec(placed.position)}" euler="0 0 {placed.yaw:.6g}">\n'
-            f'      <freejoint name="{kind.name}"/>\n{geoms}\n    </body>')
+    return (f'    <body name="{name}" pos="{_vec(placed.position)}" euler="0 0 {placed.yaw:.6g}">\n'
+            f'      <freejoint name="{name}"/>\n{geoms}\n    </body>')
 
 
 def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
@@ -322,6 +400,15 @@ def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
         f'      <geom type="box" pos="{sx * (tx - 0.04)} {sy * (ty - 0.04)} {leg_h}" size="0.02 0.02 {leg_h}" '
         f'material="wood"/>' for sx in (-1, 1) for sy in (-1, 1))
     objects = "\n".join(_object_mjcf(o) for o in spec.objects)
+    look = spec.appearance
+    head, key, fill = (_vec([v * look.light] * 3) for v in (0.35, 0.5, 0.25))
+    if look.table_grain > 0:
+        grain = _vec(0.7 * np.asarray(look.table_rgb))
+        table_look = (f'<texture name="tabletop" type="2d" builtin="flat" rgb1="{_vec(look.table_rgb)}" mark="random" '
+                      f'random="{look.table_grain:.4g}" markrgb="{grain}" width="256" height="256"/>\n'
+                      '    <material name="tabletop" texture="tabletop" texrepeat="2 2"/>')
+    else:
+        table_look = f'<material name="tabletop" rgba="{_vec(look.table_rgb)} 1"/>'
     finger_half = (FINGER_ABOVE_TCP + FINGER_BELOW_TCP) / 2
     finger_z = (FINGER_ABOVE_TCP - FINGER_BELOW_TCP) / 2
     half_open = GRIPPER_MAX_OPENING / 2
@@ -335,13 +422,14 @@ def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
     <global offwidth="{width}" offheight="{height}"/>
     <map znear="0.05" zfar="10"/>
     <quality shadowsize="0"/>
-    <headlight ambient="0.35 0.35 0.35" diffuse="0.35 0.35 0.35" specular="0.05 0.05 0.05"/>
+    <headlight ambient="{head}" diffuse="{head}" specular="0.05 0.05 0.05"/>
   </visual>
   <asset>
     <texture name="floor" type="2d" builtin="checker" rgb1="0.45 0.45 0.47" rgb2="0.35 0.35 0.37"
              width="256" height="256"/>
     <material name="floor" texture="floor" texrepeat="8 8"/>
     <material name="wood" rgba="0.60 0.45 0.30 1"/>
+    {table_look}
     <material name="metal" rgba="0.25 0.25 0.28 1"/>
     <material name="pad" rgba="0.15 0.15 0.15 1"/>
   </asset>
@@ -350,11 +438,11 @@ def to_mjcf(spec: SceneSpec, width: int = 640, height: int = 480) -> str:
     <geom friction="0.5 0.005 0.0001"/>
   </default>
   <worldbody>
-    <light pos="0.3 0.3 2.0" dir="-0.15 -0.15 -1" diffuse="0.5 0.5 0.5" castshadow="false"/>
-    <light pos="-0.5 -0.4 1.6" dir="0.3 0.25 -1" diffuse="0.25 0.25 0.25" castshadow="false"/>
+    <light pos="0.3 0.3 2.0" dir="-0.15 -0.15 -1" diffuse="{key}" castshadow="false"/>
+    <light pos="-0.5 -0.4 1.6" dir="0.3 0.25 -1" diffuse="{fill}" castshadow="false"/>
     <geom name="floor" type="plane" size="3 3 0.05" material="floor"/>
     <body name="table">
-      <geom name="table_top" type="box" pos="0 0 {TABLE_HEIGHT - 0.02}" size="{tx} {ty} 0.02" material="wood"/>
+      <geom name="table_top" type="box" pos="0 0 {TABLE_HEIGHT - 0.02}" size="{tx} {ty} 0.02" material="tabletop"/>
 {legs}
     </body>
 {objects}

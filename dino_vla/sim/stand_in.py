@@ -17,14 +17,16 @@ SOURCE = "simulator ground truth"
 def ground_truth_perception(sim: TabletopSim, frame: RenderedFrame, phrases: Sequence[str]
                             ) -> tuple[Detections, Masks]:
     """What a perfect detector + segmenter would return for the phrases of one instruction, in phrase
-    order (score 1, so the first phrase's objects rank as the detector's would not: callers pick by phrase)."""
+    order (score 1, so the first phrase's objects rank as the detector's would not: callers pick by phrase).
+    Each instance is labelled with the phrase whose noun names its category, and its mask with its paint."""
     parts = [sim.ground_truth(phrase, frame) for phrase in phrases]
     h, w = frame.segmentation.shape
     detections = Detections(np.concatenate([d.boxes for d, _ in parts]).reshape(-1, 4).astype(np.float32),
                             np.concatenate([d.scores for d, _ in parts]).astype(np.float32),
                             tuple(p for d, _ in parts for p in d.phrases), (h, w))
     masks = Masks(np.concatenate([m.masks for _, m in parts]).reshape(-1, h, w),
-                  np.concatenate([m.scores for _, m in parts]).astype(np.float32))
+                  np.concatenate([m.scores for _, m in parts]).astype(np.float32),
+                  tuple(c for _, m in parts for c in m.colours))
     return detections, masks
 
 

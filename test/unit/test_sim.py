@@ -11,11 +11,11 @@ import pytest
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import (
     CAMERA_FOVY_DEG, CAMERA_FRAME, CAMERA_POSITION, CAMERA_TARGET, CATALOGUE, MIN_CLEARANCE, PLACEMENT_X,
-    PLACEMENT_Y, SEGMENTATION_IDS, TABLE_HEIGHT, PlacedObject, SceneSpec, catalogue_object, default_scene,
-    look_at, random_scene)
+    PLACEMENT_Y, TABLE_HEIGHT, Appearance, ORIGINAL_CATEGORIES, PlacedObject, SceneSpec, catalogue_object,
+    default_scene, layout, look_at, random_appearance, random_scene)
 
 WORLD = Path(__file__).resolve().parents[2] / "dino_vla" / "sim" / "worlds" / "tabletop.sdf"
-NAMES = [o.name for o in CATALOGUE]
+NAMES = list(ORIGINAL_CATEGORIES)
 
 
 @pytest.fixture(autouse=True)
@@ -57,21 +57,58 @@ def test_scene_arguments_are_checked():
     with pytest.raises(ValueError, match="unknown object"):
         random_scene(0, "teapot")
     with pytest.raises(ValueError, match="n_distractors"):
-        random_scene(0, n_distractors=len(CATALOGUE))
-    with pytest.raises(ValueError, match="once"):
+        random_scene(0, n_distractors=len(ORIGINAL_CATEGORIES))
+    with pytest.raises(ValueError, match="unique"):
         SceneSpec((PlacedObject("cup", 0, 0, 0), PlacedObject("cup", 0.2, 0, 0)))
     with pytest.raises(ValueError, match="target"):
         SceneSpec((PlacedObject("cup", 0, 0, 0),), target="box")
 
 
 def test_catalogue_objects_fit_the_gripper_and_answer_to_their_names():
-    assert len({o.colour for o in CATALOGUE}) == len(CATALOGUE)
-    assert sorted(o.seg_id for o in CATALOGUE) == list(range(1, len(CATALOGUE) + 1))
+    assert len(CATALOGUE) >= 10
+    assert len({o.colour for o in CATALOGUE if o.name in ORIGINAL_CATEGORIES}) == len(ORIGINAL_CATEGORIES)
+    nouns = [n for o in CATALOGUE for n in o.synonyms]
+    assert len(nouns) == len(set(nouns))                       # a noun names one category
     for o in CATALOGUE:
-        assert o.grasp_width <= 0.08 and o.matches(o.name) and o.matches(f"the {o.colour} {o.name}s")
+        big = o.variant(scale=1.2)
+        assert big.grasp_width <= 0.105 and o.matches(o.name) and o.matches(f"the {o.colour} {o.name}s")
+        assert big.height == pytest.approx(1.2 * o.height) and big.mass == pytest.approx(1.2 ** 3 * o.mass)
     cup = catalogue_object("cup")
     assert cup.matches("mug") and cup.matches("red cup") and cup.matches("coffee mugs")
     assert not cup.matches("blue cup") and not cup.matches("box") and not cup.matches("red")
+
+
+def test_instances_of_one_category_differ_in_paint_and_size_and_render_apart(tmp_path):
+    rng = np.random.default_rng(3)
+    objects = [PlacedObject("cup", 0, 0, 0, colour="blue", scale=0.8, label="cup_1"),
+               PlacedObject("cup", 0, 0, 0, colour="yellow", scale=1.2, label="cup_2"),
+               PlacedObject("jar", 0, 0, 0), PlacedObject("bowl", 0, 0, 0, colour="green")]
+    spec = SceneSpec(layout(objects, rng), target="cup_2", appearance=random_appearance(rng))
+    assert spec.names == ("cup_1", "cup_2", "jar", "bowl")
+    assert spec.get("cup_2").description == "yellow cup" and spec.get("jar").description == "orange jar"
+    with TabletopSim(spec) as sim:
+        sim.settle(0.3)
+        frame = sim.render()
+        assert set(np.unique(frame.segmentation)) == {0, 1, 2, 3, 4}
+        small, big = ((frame.segmentation == sim.segmentation_ids[n]).sum() for n in ("cup_1", "cup_2"))
+        assert big > 1.5 * small
+        blue = frame.rgb[frame.segmentation == sim.segmentation_ids["cup_1"]].mean(0)
+        assert blue[2] > blue[0] + 40
+        detections, masks = sim.ground_truth("red mug", frame)   # the noun decides, the paint is reported
+        assert detections.phrases == ("red mug", "red mug") and sorted(masks.colours) == ["blue", "yellow"]
+        poses = sim.object_poses()
+        assert set(poses) == set(spec.names)
+
+
+def test_appearance_changes_the_light_and_the_table_but_not_the_default_look():
+    spec = default_scene()
+    with TabletopSim(spec) as plain, TabletopSim(replace(spec, appearance=Appearance(0.6, (0.8, 0.78, 0.72), 0.2))
+                                                  ) as varied:
+        a, b = plain.render(), varied.render()
+    table = a.segmentation == 0
+    assert abs(float(a.rgb[table].mean()) - float(b.rgb[table].mean())) > 10
+    assert (a.segmentation == b.segmentation).all()
+    assert {random_appearance(np.random.default_rng(s)) for s in range(5)} != {Appearance()}
 
 
 # ---- camera --------------------------------------------------------------------------------------------------
@@ -83,9 +120,9 @@ def test_render_gives_aligned_rgb_depth_and_labels(sim):
     hit = frame.depth > 0
     assert hit.mean() > 0.99 and np.isfinite(frame.depth).all()
     assert 0.4 < frame.depth[hit].min() and frame.depth[hit].max() < 5.0
-    assert set(np.unique(frame.segmentation)) == {0} | {SEGMENTATION_IDS[n] for n in sim.object_names}
+    assert set(np.unique(frame.segmentation)) == {0} | {sim.segmentation_ids[n] for n in sim.object_names}
     assert frame.sim_time == pytest.approx(0.3)
-    assert frame.rgb[frame.segmentation == SEGMENTATION_IDS["cup"]].mean(0)[0] > 120   # the cup is red
+    assert frame.rgb[frame.segmentation == sim.segmentation_ids["cup"]].mean(0)[0] > 120   # the cup is red
 
 
 def test_camera_pose_is_the_optical_frame_looking_at_the_table(sim):
@@ -106,7 +143,7 @@ def test_back_projected_cup_pixels_lie_on_the_cup_surface(sim):
     frame = sim.render()
     k = sim.intrinsics()
     assert (k.width, k.height) == (640, 480) and k.fx == k.fy
-    v, u = np.nonzero(frame.segmentation == SEGMENTATION_IDS["cup"])
+    v, u = np.nonzero(frame.segmentation == sim.segmentation_ids["cup"])
     assert len(u) > 1000
     z = frame.depth[v, u].astype(np.float64)
     camera_points = np.stack([(u - k.cx) / k.fx * z, (v - k.cy) / k.fy * z, z], 1)
@@ -116,7 +153,7 @@ def test_back_projected_cup_pixels_lie_on_the_cup_surface(sim):
     # and the projection of the cup's true centre falls on the cup
     centre = sim.camera_pose().inverse().apply(sim.object_poses()["cup"].translation)
     col, row = k.fx * centre[0] / centre[2] + k.cx, k.fy * centre[1] / centre[2] + k.cy
-    assert frame.segmentation[round(row), round(col)] == SEGMENTATION_IDS["cup"]
+    assert frame.segmentation[round(row), round(col)] == sim.segmentation_ids["cup"]
 
 
 def _surface_distance(points: np.ndarray, part) -> np.ndarray:
@@ -152,7 +189,7 @@ def test_parked_gripper_is_behind_the_camera(sim):
 # ---- ground truth --------------------------------------------------------------------------------------------
 def test_ground_truth_masks_are_the_segmentation(sim):
     frame = sim.render()
-    cup_mask = frame.segmentation == SEGMENTATION_IDS["cup"]
+    cup_mask = frame.segmentation == sim.segmentation_ids["cup"]
     for phrase in ("cup", "Red mug.", "the red cup"):
         detections, masks = sim.ground_truth(phrase, frame)
         assert len(detections) == len(masks) == 1
@@ -161,7 +198,9 @@ def test_ground_truth_masks_are_the_segmentation(sim):
         np.testing.assert_array_equal(detections.boxes[0], [cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
         assert detections.scores[0] == 1.0 and detections.image_size == (480, 640)
     assert sim.ground_truth("red mug", frame)[0].phrases == ("red mug",)
-    assert len(sim.ground_truth("blue cup", frame)[0]) == 0
+    # the noun decides; the paint is reported for the pick to check
+    blue = sim.ground_truth("blue cup", frame)
+    assert blue[0].phrases == ("blue cup",) and blue[1].colours == ("red",)
     assert len(sim.ground_truth("can", frame)[0]) == 0        # not in this scene
     everything, all_masks = sim.ground_truth_all(frame)
     assert everything.phrases == sim.object_names
@@ -240,13 +279,13 @@ def _rpy_matrix(roll: float, pitch: float, yaw: float) -> np.ndarray:
 def test_gazebo_world_matches_the_default_scene_and_camera():
     world = ET.parse(WORLD).getroot().find("world")
     models = {m.get("name"): m for m in world.findall("model")}
-    for placed in default_scene().objects:
+    for k, placed in enumerate(default_scene().objects):
         model = models[placed.name]
         pose = _pose(model)
         np.testing.assert_allclose(pose[:3], placed.position, atol=1e-6)
         assert pose[3:5].tolist() == [0, 0] and pose[5] == pytest.approx(placed.yaw, abs=1e-6)
         label = model.find("plugin[@name='gz::sim::systems::Label']/label").text
-        assert int(label) == SEGMENTATION_IDS[placed.name]
+        assert int(label) == k + 1          # TabletopSim.segmentation_ids
         assert float(model.findtext("link/inertial/mass")) == pytest.approx(placed.kind.mass)
     top = models["table"].find("link/collision")
     assert _pose(top)[2] + float(top.findtext("geometry/box/size").split()[2]) / 2 == pytest.approx(TABLE_HEIGHT)
