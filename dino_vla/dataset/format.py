@@ -75,6 +75,9 @@ class RecordedFrame:
         return DepthFrame(self.depth_m, self.intrinsics, self.camera_to_base.child)
 
 
+ABSENT = -1   # Episode.target_object of an instruction naming nothing in the frame: the right action is none
+
+
 @dataclass(frozen=True)
 class Episode:
     """One instruction and the grasp commanded for it, on one recorded frame."""
@@ -86,7 +89,8 @@ class Episode:
     grasp_position: tuple[float, float, float]   # TCP at the grasp, base frame, metres
     grasp_yaw: float                             # radians; the fingers close along (-sin yaw, cos yaw, 0)
     grasp_width: float                           # opening before closing, metres
-    target_object: int | None = None             # index into the frame's objects, when known (simulation)
+    target_object: int | None = None             # index into the frame's objects, when known (simulation);
+                                                 # ABSENT: the named object is not there (grasp fields unused)
     success: bool | None = None                  # the executed outcome; None when not executed
     extra: dict = field(default_factory=dict)    # e.g. scene seed, paraphrase template, expert name
 
@@ -173,6 +177,11 @@ class DatasetWriter:
         self.info["episodes"] += 1
         self.info["tasks"] = len(self.tasks)
         return episode
+
+    def add_absent(self, frame_index: int, instruction: str, extra: dict | None = None) -> Episode:
+        """An instruction naming an object that is not in the frame: the demonstrated action is to refuse."""
+        nothing = Grasp(np.zeros(3), np.array([0.0, 0.0, -1.0]), 0.0, 0.0, 0.0, "", self.base_frame)
+        return self.add_episode(frame_index, instruction, nothing, ABSENT, extra=extra)
 
     def _write_info(self) -> None:
         (self.root / "meta" / "info.json").write_text(json.dumps(self.info, indent=2))

@@ -1,21 +1,27 @@
-"""Demonstrations from the simulator's scripted expert: seeded table-top scenes with 2-5 distractors; every
-visible object becomes the target of one episode (a paraphrased instruction naming it), and the expert's
-grasp is the geometric grasp of its true pose (TabletopSim.reference_grasp: TCP at the object's origin,
-closing across its grasp side, opened 3 cm wider than it). Masks are the simulator's instance segmentation."""
+"""Demonstrations from the simulator's scripted expert on the seeded tasks of sim.tasks (training wording,
+never a held-out composition): every scene is one task of a training split in turn (paraphrase, attribute,
+duplicate, recolour, relation, absent), plus instructions the same frame answers without rendering again: an
+object named by its noun where its category is alone, by colour and noun where that pair is alone, and an
+object that is not there (the demonstrated action: none). The expert's grasp is the geometric grasp of the
+true pose (TabletopSim.reference_grasp: TCP at the object's origin, closing across its grasp side, opened
+3 cm wider than it). Masks are the simulator's instance segmentation."""
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from dino_vla.dataset.format import DatasetWriter, RecordedFrame
-from dino_vla.dataset.paraphrases import paraphrase
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
-from dino_vla.sim.scene import BASE_FRAME, MAX_DISTRACTORS, MIN_DISTRACTORS, varied_scene
+from dino_vla.sim.scene import BASE_FRAME, CATALOGUE, catalogue_object
+from dino_vla.sim.tasks import TRAINING_SPLITS, Task, draw_task, held_out_colour, sentence
 from dino_vla.types import Masks
 
 EXPERT = "sim reference_grasp (true object pose)"
+EXTRA_NAMED = 2
 
 
 def recorded_frame(frame: RenderedFrame, sim: TabletopSim, names: list[str], masks: Masks) -> RecordedFrame:
@@ -23,26 +29,55 @@ def recorded_frame(frame: RenderedFrame, sim: TabletopSim, names: list[str], mas
                          sim.camera_pose())
 
 
+def _extra_instructions(task: Task, visible: list[str], rng: np.random.Generator) -> list[tuple[str, str | None]]:
+    """(instruction, instance meant or None for absent) the frame answers besides its task: up to
+    EXTRA_NAMED objects that a noun or a colour and a noun name alone, and one category that is not there."""
+    categories = Counter(o.category for o in task.spec.objects)
+    paints = Counter((o.kind.colour, o.category) for o in task.spec.objects)
+    named = []
+    for o in (task.spec.get(visible[i]) for i in rng.permutation(len(visible))):
+        nouns = catalogue_object(o.category).synonyms
+        noun = nouns[int(rng.integers(len(nouns)))]
+        if categories[o.category] == 1 and rng.random() < 0.5:
+            named.append((sentence(rng, "train", noun), o.name))
+        elif paints[o.kind.colour, o.category] == 1 and not held_out_colour(o.kind.colour, o.category):
+            named.append((sentence(rng, "train", f"{o.kind.colour} {noun}"), o.name))
+    missing = [c for c in CATALOGUE if c.name not in categories]
+    absent = []
+    if missing:
+        nouns = missing[int(rng.integers(len(missing)))].synonyms
+        absent.append((sentence(rng, "train", nouns[int(rng.integers(len(nouns)))]), None))
+    return named[:EXTRA_NAMED] + absent
+
+
 def record_sim_demonstrations(out: str | Path, scenes: int, first_seed: int = 0, width: int = 640,
                                height: int = 480, append: bool = False) -> dict:
-    """Write `scenes` seeded scenes' demonstrations to `out`; returns counts."""
-    counts = {"frames": 0, "episodes": 0}
+    """Write `scenes` seeded task scenes' demonstrations to `out`; returns counts."""
+    counts = {"frames": 0, "episodes": 0, "absent": 0}
     with DatasetWriter(out, source=EXPERT, base_frame=BASE_FRAME, append=append,
-                       description=f"simulated table-top picks, seeds {first_seed}..{first_seed + scenes - 1}, "
-                                   f"{MIN_DISTRACTORS}-{MAX_DISTRACTORS} distractors, training paraphrases") as writer:
+                       description=f"simulated table-top tasks ({', '.join(TRAINING_SPLITS)}), seeds "
+                                   f"{first_seed}..{first_seed + scenes - 1}, training wording") as writer:
         for seed in tqdm(range(first_seed, first_seed + scenes), desc="recording", unit="scene", file=sys.stderr):
-            spec, rng = varied_scene(seed)
-            with TabletopSim(spec, width=width, height=height) as sim:
+            task = draw_task(TRAINING_SPLITS[seed % len(TRAINING_SPLITS)], seed, "train")
+            rng = np.random.default_rng([seed, 23])
+            with TabletopSim(task.spec, width=width, height=height) as sim:
                 sim.settle()
                 frame = sim.render()
                 everything, masks = sim.ground_truth_all(frame)
                 names = list(everything.phrases)
                 index = writer.add_frame(recorded_frame(frame, sim, names, masks))
                 counts["frames"] += 1
-                for k, name in enumerate(names):
-                    instruction, drawn = paraphrase(name, rng, "train")
-                    writer.add_episode(index, instruction, sim.reference_grasp(name), target_object=k,
-                                       extra={"seed": seed, "target": name, "expert": EXPERT,
-                                              "symmetry": spec.get(name).kind.grasp_symmetry, **drawn})
+                for instruction, meant in [(task.instruction, task.target), *_extra_instructions(task, names, rng)]:
+                    about = {"seed": seed, "split": task.split, "expert": EXPERT}
+                    if meant is None:
+                        writer.add_absent(index, instruction, extra=about)
+                        counts["absent"] += 1
+                    elif meant in names:
+                        writer.add_episode(index, instruction, sim.reference_grasp(meant),
+                                           target_object=names.index(meant),
+                                           extra={**about, "target": meant,
+                                                  "symmetry": task.spec.get(meant).kind.grasp_symmetry})
+                    else:
+                        continue     # hidden behind another object: no demonstration
                     counts["episodes"] += 1
     return counts

@@ -119,7 +119,8 @@ def report(episodes: list[Episode], methods: tuple[str, ...], baseline: str | No
 
 def table_lines(result: dict, labels: dict[str, str] | None = None) -> list[str]:
     """Per target and overall, for each method: episodes, success, correct object, wrong object lifted, refused
-    (nothing commanded) and median decision time, then its own medians; then the ratios to the baseline and the failures."""
+    (nothing commanded) and median decision time, then its own medians; then the ratios to the baseline and the
+    failures."""
     methods = result["methods"]
     labels = labels or {}
     columns = {m: [k for k in result["overall"][m] if k.startswith("median_") and k != "median_decision_ms"]

@@ -22,6 +22,7 @@ from dino_vla.config import SHIPPED_CHECKPOINT
 from dino_vla.models.random_init import is_random_model
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.policy.model import GraspPolicyNet, PolicyConfig
+from dino_vla.policy.tokens import TOKENS_VERSION
 
 WEIGHTS = "policy.safetensors"
 TRAINING_STATE = "training_state.safetensors"
@@ -112,6 +113,10 @@ def write_model_card(directory: str | Path, training: dict) -> None:
 
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GraspPolicyNet, CheckpointInfo]:
     info = read_info(directory)
+    if info.config.tokens_version != TOKENS_VERSION:
+        raise CheckpointError(f"{directory} was trained on version {info.config.tokens_version} tokens; this "
+                              f"package builds version {TOKENS_VERSION} (parsed instruction, colours, a 'none' "
+                              "choice): train it again (dino-vla record-sim, then dino-vla train)")
     net = GraspPolicyNet(info.config)
     state = load_file(str(Path(directory) / WEIGHTS))
     missing, unexpected = net.load_state_dict(state, strict=False)
@@ -158,13 +163,15 @@ def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer)
 
 
 def random_checkpoint(directory: str | Path, features_source: str, language_dim: int = 384,
-                      seed: int = 0, **config) -> str:
+                      seed: int = 0, refuses: bool = False, **config) -> str:
     """An untrained checkpoint (random weights, identity statistics) for tests of the plumbing around a
-    policy: its decisions mean nothing."""
+    policy: its decisions mean nothing. It always chooses some object, unless `refuses`: then always none."""
     from transformers import AutoConfig
 
     torch.manual_seed(seed)
     vision_dim = int(AutoConfig.from_pretrained(features_source).hidden_size)
     net = GraspPolicyNet(PolicyConfig(vision_dim=vision_dim, language_dim=language_dim, **config))
+    with torch.no_grad():
+        net.none_bias.fill_(1e4 if refuses else -1e4)
     save_checkpoint(directory, net, features_source, TEXT_ENCODER, {"untrained": True})
     return str(directory)

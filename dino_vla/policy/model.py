@@ -1,6 +1,7 @@
 """The VLA grasp policy network: language, object and vision tokens fused by a transformer encoder; a learned
-action query reads the fused sequence, points at one object token and regresses the grasp relative to that
-object's box (offset, yaw turn, opening), in units normalised by statistics stored with the weights."""
+action query reads the fused sequence and points at one object token, or at a learned "none of these" token
+(the named object is not there: refuse), and regresses the grasp relative to the chosen object's box (offset,
+yaw turn, opening), in units normalised by statistics stored with the weights."""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import torch
 from torch import nn
 
 from dino_vla.geometry.localise import LocaliserSettings
-from dino_vla.policy.tokens import GEOMETRY_DIM, TARGET_DIM, ViewSettings
+from dino_vla.policy.tokens import GEOMETRY_DIM, TARGET_DIM, TOKENS_VERSION, ViewSettings
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class PolicyConfig:
     feedforward: int = 128
     dropout: float = 0.1
     view: ViewSettings = field(default_factory=ViewSettings)
+    tokens_version: int = TOKENS_VERSION
 
     def __post_init__(self):
         if self.d_model % self.heads:
@@ -41,6 +43,7 @@ class PolicyConfig:
     @classmethod
     def from_json(cls, text: str) -> "PolicyConfig":
         raw = json.loads(text)
+        raw.setdefault("tokens_version", 1)   # written before versions were: the first token design
         view = raw.pop("view")
         view = ViewSettings(**{**view, "localiser": LocaliserSettings(**view["localiser"])})
         return cls(**raw, view=view)
@@ -75,6 +78,8 @@ class GraspPolicyNet(nn.Module):
         self.object_in = nn.Sequential(nn.Linear(GEOMETRY_DIM + config.vision_dim + 1, d), nn.GELU(),
                                        nn.Linear(d, d))
         self.token_type = nn.Parameter(torch.randn(3, d) * 0.02)    # language, object, vision
+        self.none_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)  # "none of these objects"
+        self.none_bias = nn.Parameter(torch.zeros(1))                  # a learned prior for refusing
         layer = nn.TransformerEncoderLayer(d, config.heads, config.feedforward, config.dropout,
                                            batch_first=True, norm_first=True)
         self.fusion = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
@@ -107,21 +112,26 @@ class GraspPolicyNet(nn.Module):
         return normalised * self.target_std + self.target_mean
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pointer logits (B, N), pads at -inf; normalised grasp targets (B, N, TARGET_DIM) per object)."""
+        """(pointer logits (B, 1 + N): column 0 "none of these", then the objects, pads at -inf; normalised
+        grasp targets (B, N, TARGET_DIM) per object)."""
         geometry = (batch.geometry - self.geometry_mean) / self.geometry_std
         objects = self.object_in(torch.cat([geometry, self.pooled_norm(batch.pooled),
                                             batch.coverage.unsqueeze(-1)], -1)) + self.token_type[1]
         language = self.language_in(batch.language) + self.token_type[0]
         vision = self.vision_in(batch.vision) + self.vision_position + self.token_type[2]
-        tokens = torch.cat([language, objects, vision], 1)
+        none = self.none_token.expand(len(objects), -1, -1)
+        tokens = torch.cat([language, none, objects, vision], 1)
         vision_pad = torch.zeros(vision.shape[:2], dtype=torch.bool, device=vision.device)
-        pad = torch.cat([batch.language_pad, batch.object_pad, vision_pad], 1)
+        choices_pad = torch.cat([torch.zeros_like(batch.object_pad[:, :1]), batch.object_pad], 1)
+        pad = torch.cat([batch.language_pad, choices_pad, vision_pad], 1)
         fused = self.fusion(tokens, src_key_padding_mask=pad)
         query = self.reader(self.action_query.expand(len(tokens), -1, -1), fused, memory_key_padding_mask=pad)
         start = language.shape[1]
-        object_out = fused[:, start:start + objects.shape[1]]
-        logits = torch.einsum("bd,bnd->bn", self.pointer_query(query[:, 0]), self.pointer_key(object_out))
-        logits = (logits / math.sqrt(self.config.d_model)).masked_fill(batch.object_pad, float("-inf"))
+        choices = fused[:, start:start + 1 + objects.shape[1]]
+        logits = torch.einsum("bd,bnd->bn", self.pointer_query(query[:, 0]), self.pointer_key(choices))
+        logits = logits / math.sqrt(self.config.d_model)
+        logits = torch.cat([logits[:, :1] + self.none_bias, logits[:, 1:]], 1).masked_fill(choices_pad, float("-inf"))
+        object_out = choices[:, 1:]
         paired = torch.cat([query.expand(-1, object_out.shape[1], -1), object_out], -1)
         return logits, self.grasp_head(paired)
 

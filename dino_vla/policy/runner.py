@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dino_vla.instruction import InstructionError, parse_instruction
+from dino_vla.language import InstructionError, parse
 from dino_vla.models.loading import resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
@@ -18,7 +18,7 @@ from dino_vla.geometry.depth import DepthFrame
 from dino_vla.pick import PickFailure
 from dino_vla.policy.checkpoint import CheckpointInfo, load_checkpoint
 from dino_vla.policy.model import GraspPolicyNet, collate
-from dino_vla.policy.tokens import ObjectTokens, grasp_from_target, object_tokens, vision_tokens
+from dino_vla.policy.tokens import ObjectTokens, grasp_from_target, language_text, object_tokens, vision_tokens
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
 
 
@@ -82,22 +82,29 @@ class GraspPolicy:
 
     def decide(self, instruction: str, features: Features, frame: DepthFrame, masks: Masks,
                camera_to_base: RigidTransform) -> PolicyDecision:
+        """The grasp of the object the instruction names; PolicyFailure no_object when the network chooses
+        "none of these" (the named object is not among the masks)."""
         start = time.perf_counter()
         try:
-            target = parse_instruction(instruction).target
+            parsed = parse(instruction)
         except InstructionError as err:
             raise PolicyFailure("bad_instruction", str(err)) from None
+        target = parsed.target.phrase
         self.check_features(features)
         if len(masks) == 0:
             raise PolicyFailure("no_object", "no object masks in this frame")
-        objects = object_tokens(features, frame, masks.masks, camera_to_base, self.info.config.view)
+        objects = object_tokens(features, frame, masks.masks, camera_to_base, self.info.config.view, masks.colours)
         if len(objects) == 0:
             reasons = "; ".join(sorted(set(objects.skipped.values())))
             raise PolicyFailure("no_points", f"none of the {len(masks)} masks has usable depth ({reasons})")
-        logits, targets = self.forward(instruction, features, objects)
+        logits, targets = self.forward(language_text(parsed), features, objects)
         probabilities = torch.softmax(logits, 0)
-        row = int(torch.argmax(probabilities))
-        confidence = float(probabilities[row])
+        choice = int(torch.argmax(probabilities))
+        confidence = float(probabilities[choice])
+        if choice == 0:
+            raise PolicyFailure("no_object", f"the policy finds no {target!r} among the {len(objects)} objects in "
+                                             f"view (confidence {confidence:.2f})")
+        row = choice - 1
         grasp = grasp_from_target(targets[row].numpy(), objects.anchors[row], camera_to_base.parent, target,
                                   confidence)
         grasp = Grasp(grasp.position, grasp.approach, grasp.yaw, max(grasp.width, 0.0), grasp.score,
@@ -105,10 +112,10 @@ class GraspPolicy:
         return PolicyDecision(grasp, objects.kept[row], confidence, (time.perf_counter() - start) * 1e3)
 
     @torch.inference_mode()
-    def forward(self, instruction: str, features: Features, objects: ObjectTokens
-                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pointer logits (N,), grasp targets (N, 5) in metres/radians) for one observation's objects."""
-        batch = collate([self._language(instruction)], [vision_tokens(features, self.info.config.view.vision_grid)],
+    def forward(self, text: str, features: Features, objects: ObjectTokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pointer logits (1 + N,): "none", then the objects; grasp targets (N, 5) in metres/radians) for one
+        observation's objects and the text the encoder reads (tokens.language_text)."""
+        batch = collate([self._language(text)], [vision_tokens(features, self.info.config.view.vision_grid)],
                         [objects.geometry], [objects.pooled], [objects.coverage]).to(self.device)
         logits, normalised = self.net(batch)
         return logits[0].cpu(), self.net.denormalise_targets(normalised[0]).cpu()

@@ -12,12 +12,18 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dino_vla.colour import COLOUR_NAMES
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, gravity_aligned_box, localise
+from dino_vla.language import Instruction
 from dino_vla.types import Features, Grasp, RigidTransform
 
-# centre xyz, top z, long side, narrow side, height, cos 2yaw, sin 2yaw, log(points), mask centre u, v (0..1)
-GEOMETRY_DIM = 12
+# centre xyz, top z, long side, narrow side, height, cos 2yaw, sin 2yaw, log(points), mask centre u, v (0..1),
+# then the colour measured under the mask, one-hot over COLOUR_NAMES + unknown
+COLOUR_SLOTS = (*COLOUR_NAMES, "")
+GEOMETRY_DIM = 12 + len(COLOUR_SLOTS)
+# what tokens a checkpoint was trained on: 1 = the whole instruction's text, no colours, no "none" choice
+TOKENS_VERSION = 2
 TARGET_DIM = 5      # dx, dy, dz (m, base frame), dyaw (rad), opening (m)
 TABLE_MARGIN_M = 0.005
 
@@ -73,13 +79,42 @@ def patch_weights(mask: np.ndarray, features: Features, crop_fraction: float) ->
     return cv2.resize(crop.astype(np.float32), (cols, rows), interpolation=cv2.INTER_AREA)
 
 
+_RELATION_WORDS = {"left_of": "left of", "right_of": "right of", "in_front_of": "in front of", "behind": "behind",
+                   "near": "next to", "between": "between", "nearest": "nearest to the",
+                   "farthest": "farthest from the",
+                   "leftmost": "on the far left", "rightmost": "on the far right"}
+
+
+def language_text(instruction: Instruction) -> str:
+    """What the text encoder reads: the parsed request in one canonical wording ("red mug, left of, box"), so
+    the network learns objects and relations, not the thousand ways of asking (the parser's job)."""
+    parts = [instruction.target.phrase]
+    relation = instruction.relation
+    if relation is not None:
+        parts.append(_RELATION_WORDS[relation.type] + (f" {relation.anchor}" if relation.anchor else ""))
+        if relation.references:
+            parts.append(" and ".join(r.phrase for r in relation.references))
+    return ", ".join(parts)
+
+
+def colour_one_hot(colours: tuple[str, ...], count: int) -> np.ndarray:
+    """(count, len(COLOUR_SLOTS)) one-hot of each mask's colour name ("" or not measured: unknown)."""
+    out = np.zeros((count, len(COLOUR_SLOTS)), np.float32)
+    for i in range(count):
+        name = colours[i] if i < len(colours) and colours[i] in COLOUR_NAMES else ""
+        out[i, COLOUR_SLOTS.index(name)] = 1.0
+    return out
+
+
 def object_tokens(features: Features, depth: DepthFrame, masks: np.ndarray, camera_to_base: RigidTransform,
-                  view: ViewSettings) -> ObjectTokens:
-    """One token per instance mask ((N, H, W) bool) that has enough depth points above the table."""
+                  view: ViewSettings, colours: tuple[str, ...] = ()) -> ObjectTokens:
+    """One token per instance mask ((N, H, W) bool) that has enough depth points above the table; `colours`
+    names each mask's colour (Masks.colours; empty: unknown)."""
     if camera_to_base.child != depth.frame:
         raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {depth.frame!r}")
     patches = np.asarray(features.patch_tokens, np.float32)
     h, w = depth.metres.shape
+    paint = colour_one_hot(colours, len(masks))
     geometry, pooled, coverage, anchors, all_weights, kept, skipped = [], [], [], [], [], [], {}
     for i, mask in enumerate(masks):
         try:
@@ -96,7 +131,7 @@ def object_tokens(features: Features, depth: DepthFrame, masks: np.ndarray, came
         yaw = math.atan2(rotation[1, 0], rotation[0, 0])
         rows, cols = np.nonzero(mask)
         geometry.append([*centre, centre[2] + height / 2, long, narrow, height, math.cos(2 * yaw),
-                         math.sin(2 * yaw), math.log(len(points)), cols.mean() / w, rows.mean() / h])
+                         math.sin(2 * yaw), math.log(len(points)), cols.mean() / w, rows.mean() / h, *paint[i]])
         weights = patch_weights(mask, features, view.crop_fraction)
         total = float(weights.sum())
         pooled.append(np.tensordot(weights, patches, axes=([0, 1], [0, 1])) / total if total > 1e-6

@@ -22,9 +22,11 @@ from dino_vla.models.features import DinoFeatures
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
 from dino_vla.policy.checkpoint import load_checkpoint, load_training_state, read_info, save_checkpoint
-from dino_vla.dataset.format import Dataset, DatasetError
+from dino_vla.colour import colour_names
+from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
+from dino_vla.language import InstructionError, parse
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
-from dino_vla.policy.tokens import ViewSettings, grasp_target, object_tokens, vision_tokens
+from dino_vla.policy.tokens import TARGET_DIM, ViewSettings, grasp_target, language_text, object_tokens, vision_tokens
 
 
 def crop_fraction(features: DinoFeatures) -> float:
@@ -33,6 +35,9 @@ def crop_fraction(features: DinoFeatures) -> float:
     if not getattr(p, "do_center_crop", False):
         return 1.0
     return float(p.crop_size["height"]) / float(p.size["shortest_edge"])
+
+
+NONE_ROW = -1   # TokenTable.episode_row of an episode whose right choice is "none of these"
 
 
 @dataclass
@@ -48,7 +53,7 @@ class TokenTable:
     language_offsets: torch.Tensor  # (tasks + 1,)
     episode_frame: torch.Tensor   # (E,)
     episode_task: torch.Tensor    # (E,)
-    episode_row: torch.Tensor     # (E,) the target's row among its frame's object tokens
+    episode_row: torch.Tensor     # (E,) the target's row among its frame's object tokens, or NONE_ROW
     episode_target: torch.Tensor  # (E, 5) dx, dy, dz, dyaw, opening
     # kept only to fine-tune the backbone: its input images and each object token's patch weights
     pixels: torch.Tensor | None = None         # (F, 3, H, W) float16, preprocessed
@@ -103,7 +108,9 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         feats = features.extract(frame.rgb)
         masks = np.stack([frame.mask(k) for k in range(len(frame.objects))]) if frame.objects else \
             np.zeros((0, *frame.labels.shape), bool)
-        objects = object_tokens(feats, frame.depth_frame(), masks, frame.camera_to_base, view)
+        # colours measured from the pixels, as the perception pipeline measures them on the robot
+        objects = object_tokens(feats, frame.depth_frame(), masks, frame.camera_to_base, view,
+                                colour_names(frame.rgb, masks))
         vision.append(vision_tokens(feats, view.vision_grid))
         if for_finetuning:
             pixels.append(features.preprocess(frame.rgb)[0].half())
@@ -115,10 +122,23 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         rows_of[index] = {k: row for row, k in enumerate(objects.kept)}
         anchors[index] = objects.anchors
     tasks = sorted({e.task_index: e.instruction for e in dataset.episodes}.items())
-    language = [text.encode(instruction).tokens for _, instruction in tasks]
+    understood = {}
+    for task, instruction in tasks:
+        try:
+            understood[task] = language_text(parse(instruction))
+        except InstructionError:
+            pass     # its episodes are dropped, counted below
+    tasks = [(task, text_) for task, text_ in tasks if task in understood]
+    language = [text.encode(understood[task]).tokens for task, _ in tasks]
     task_row = {task: i for i, (task, _) in enumerate(tasks)}
-    kept, dropped = [], 0
+    kept, dropped, refused = [], 0, 0
     for e in dataset.episodes:
+        if e.task_index not in task_row:
+            refused += 1
+            continue
+        if e.target_object == ABSENT:     # choice 0: none of these
+            kept.append((e.frame_index, task_row[e.task_index], NONE_ROW, np.zeros(TARGET_DIM, np.float32)))
+            continue
         row = rows_of.get(e.frame_index, {}).get(e.target_object) if e.target_object is not None else None
         if row is None:
             dropped += 1
@@ -137,7 +157,9 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         torch.as_tensor([k[2] for k in kept]), torch.as_tensor(np.stack([k[3] for k in kept])),
         torch.stack(pixels) if for_finetuning else None,
         torch.as_tensor(np.concatenate(weights)) if for_finetuning else None)
-    return table, {"episodes": len(dataset), "used": len(kept), "dropped_no_target_token": dropped}
+    return table, {"episodes": len(dataset), "used": len(kept), "dropped_no_target_token": dropped,
+                   "dropped_refused_instruction": refused,
+                   "absent": sum(1 for k in kept if k[2] == NONE_ROW)}
 
 
 def cached_tokens(dataset: Dataset, backbone: str, view: ViewSettings, text: TextEncoder,
@@ -173,12 +195,18 @@ def losses(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor, backb
            ) -> tuple[torch.Tensor, dict]:
     batch, rows, targets = table.batch(episodes, backbone)
     logits, predicted = net(batch)
-    pointer = torch.nn.functional.cross_entropy(logits, rows)
-    chosen = predicted[torch.arange(len(rows)), rows]
-    regression = torch.nn.functional.smooth_l1_loss(chosen, net.normalise_targets(targets), beta=0.5)
+    choices = rows + 1                      # column 0 of the logits is "none of these"
+    pointer = torch.nn.functional.cross_entropy(logits, choices)
+    present = rows != NONE_ROW
+    chosen = predicted[torch.arange(len(rows)), rows.clamp_min(0)][present]
+    targets = targets[present]
+    regression = torch.nn.functional.smooth_l1_loss(chosen, net.normalise_targets(targets), beta=0.5) \
+        if len(targets) else logits.new_zeros(())
     with torch.no_grad():
         grasp = net.denormalise_targets(chosen)
-        metrics = {"pointer_accuracy": float((logits.argmax(1) == rows).float().mean()),
+        picked = logits.argmax(1)
+        metrics = {"pointer_accuracy": float((picked == choices).float().mean()),
+                   "none_accuracy": float((picked[~present] == 0).float().mean()) if (~present).any() else None,
                    "position_error_cm": float((grasp[:, :3] - targets[:, :3]).norm(dim=1).mean() * 100),
                    "yaw_error_deg": float((grasp[:, 3] - targets[:, 3]).abs().mean().rad2deg()),
                    "width_error_cm": float((grasp[:, 4] - targets[:, 4]).abs().mean() * 100)}
@@ -193,10 +221,13 @@ def evaluate_table(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tenso
     for start in range(0, len(episodes), batch_size):
         chunk = episodes[start:start + batch_size]
         _, metrics = losses(net, table, chunk, backbone)
+        absent = int((table.episode_row[chunk] == NONE_ROW).sum())
         for k, v in metrics.items():
-            totals[k] = totals.get(k, 0.0) + v * len(chunk)
+            if v is not None:     # none_accuracy is a mean over the chunk's absent episodes only
+                totals[k] = totals.get(k, 0.0) + v * (absent if k == "none_accuracy" else len(chunk))
     net.train()
-    return {k: round(v / max(len(episodes), 1), 4) for k, v in totals.items()}
+    absent = int((table.episode_row[episodes] == NONE_ROW).sum())
+    return {k: round(v / max(absent if k == "none_accuracy" else len(episodes), 1), 4) for k, v in totals.items()}
 
 
 @dataclass(frozen=True)
@@ -254,7 +285,8 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
         optimizer = _optimizer(net, tuned, settings)
         step = load_training_state(out, optimizer)
     else:
-        net.fit_statistics(table.geometry.numpy(), table.episode_target[train_eps].numpy())
+        present = train_eps[table.episode_row[train_eps] != NONE_ROW]
+        net.fit_statistics(table.geometry.numpy(), table.episode_target[present].numpy())
     training = {"dataset": str(Path(dataset_dir).resolve()), "dataset_source": dataset.info.get("source"),
                 "settings": asdict(settings), "tokens": stats, "train_episodes": len(train_eps),
                 "validation_episodes": len(val_eps), "history": []}

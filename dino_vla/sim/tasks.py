@@ -138,7 +138,7 @@ def _scene(rng: np.random.Generator, seed: int, objects: list[PlacedObject], tar
     return SceneSpec(placed, target, seed, random_appearance(rng))
 
 
-def _sentence(rng: np.random.Generator, wording: str, phrase: str, relation: str = "") -> str:
+def sentence(rng: np.random.Generator, wording: str, phrase: str, relation: str = "") -> str:
     return _pick(rng, TEMPLATES[wording]).format(f"{phrase} {relation}".strip())
 
 
@@ -150,7 +150,7 @@ def _paraphrase(rng, seed, wording, unseen=False):
     coloured = bool(rng.random() < 0.4) and _allowed(t.kind.colour, t.category, wording, False)
     phrase = f"{t.kind.colour} {noun}" if coloured else noun
     spec = _scene(rng, seed, objects, target)
-    return Task("paraphrase", spec, _sentence(rng, wording, phrase), {"phrase": phrase})
+    return Task("paraphrase", spec, sentence(rng, wording, phrase), {"phrase": phrase})
 
 
 def _attribute(rng, seed, wording, unseen=False):
@@ -176,7 +176,7 @@ def _attribute(rng, seed, wording, unseen=False):
     phrase = " ".join(phrase_words + [noun])
     objects = alike + _others(rng, {category}, int(rng.integers(1, MAX_OBJECTS - copies + 1)))
     return Task("unseen-composition" if unseen else "attribute", _scene(rng, seed, objects, target),
-                _sentence(rng, wording, phrase), {"phrase": phrase, "kind": "colour" if len(phrase_words) == 1
+                sentence(rng, wording, phrase), {"phrase": phrase, "kind": "colour" if len(phrase_words) == 1
                                                   and phrase_words[0] in COLOURS else "size"})
 
 
@@ -196,7 +196,7 @@ def _duplicate(rng, seed, wording, unseen=False):
     noun = _pick(rng, catalogue_object(category).synonyms)
     phrase = f"{colour} {noun}"
     return Task("unseen-composition" if unseen else "duplicate", _scene(rng, seed, objects, 0),
-                _sentence(rng, wording, phrase), {"phrase": phrase})
+                sentence(rng, wording, phrase), {"phrase": phrase})
 
 
 def _recolour(rng, seed, wording, unseen=False):
@@ -211,7 +211,7 @@ def _recolour(rng, seed, wording, unseen=False):
                          and catalogue_object(objects[i].category).colour != usual])
     painted[wearer] = PlacedObject(painted[wearer].category, 0, 0, 0, colour=usual)
     noun = _pick(rng, catalogue_object(objects[target].category).synonyms)
-    return Task("recolour", _scene(rng, seed, painted, target), _sentence(rng, wording, noun),
+    return Task("recolour", _scene(rng, seed, painted, target), sentence(rng, wording, noun),
                 {"phrase": noun, "wearing_its_usual_colour": painted[wearer].category})
 
 
@@ -226,7 +226,7 @@ def _absent(rng, seed, wording, unseen=False):
         phrase = f"{colour} {_pick(rng, catalogue_object(o.category).synonyms)}"
     else:
         phrase = _pick(rng, catalogue_object(_pick(rng, [c for c in CATEGORIES if c not in present])).synonyms)
-    return Task("absent", _scene(rng, seed, objects, None), _sentence(rng, wording, phrase), {"phrase": phrase})
+    return Task("absent", _scene(rng, seed, objects, None), sentence(rng, wording, phrase), {"phrase": phrase})
 
 
 def _relation(rng, seed, wording, unseen=False):
@@ -257,7 +257,7 @@ def _relation(rng, seed, wording, unseen=False):
     words = _pick(rng, RELATION_WORDS[wording][relation]).format(*ref_phrases)
     return Task("unseen-composition" if unseen else "relation", SceneSpec(spec.objects, answer.name, seed,
                                                                           spec.appearance),
-                _sentence(rng, wording, noun, words), {"phrase": noun, "relation": relation,
+                sentence(rng, wording, noun, words), {"phrase": noun, "relation": relation,
                                                         "references": ref_phrases})
 
 

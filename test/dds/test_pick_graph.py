@@ -15,7 +15,7 @@ from visualization_msgs.msg import MarkerArray
 from dino_vla.config import config_dir
 from dino_vla.dds import udp_sockets
 from dino_vla.graph import PICK, pick_graph
-from dino_vla.msg import DetectionArray, SegmentationMasks
+from dino_vla.msg import DetectionArray, GraspCommand, SegmentationMasks
 from dino_vla.ros.conversions import image_to_numpy
 from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.messages import cloud_from_msg, stamp_ns
@@ -35,9 +35,10 @@ def graph(dds_env, tmp_path_factory):
     running = start_graph(CONFIG, dict(dds_env, MUJOCO_GL="egl"), specs=pick_graph(simulated=True, model_perception=False),
                           node_params={"sim": {"seed": SEED}}, stdout=log, stderr=subprocess.STDOUT)
     client = PickClient()
-    outputs = {"objects": [], "truth": [], "clouds": [], "markers": []}
+    outputs = {"objects": [], "truth": [], "clouds": [], "markers": [], "commands": []}
     for topic, kind, key in (("/objects", DetectionArray, "objects"), ("/sim/objects", DetectionArray, "truth"),
-                             ("/object_cloud", PointCloud2, "clouds"), ("/markers", MarkerArray, "markers")):
+                             ("/object_cloud", PointCloud2, "clouds"), ("/markers", MarkerArray, "markers"),
+                             ("/grasp_command", GraspCommand, "commands")):
         client.node.create_subscription(kind, topic, outputs[key].append, 20)
     if not client.spin_until(client.client.server_is_ready, 90, running):
         running.stop()
@@ -53,12 +54,23 @@ def _set_parameter(client: PickClient, node: str, name: str, value: bool | str) 
     set_parameter(client.node, client.spin_until, node, name, value)
 
 
-def test_an_unparsable_instruction_fails_at_once(graph):
-    _, client, _, _ = graph
-    record = client.pick("dance the macarena", 30)
+@pytest.mark.parametrize("instruction, why", [
+    ("dance the macarena", "not_an_instruction"), ("throw the cup", "unsupported_action"),
+    ("where is the cup?", "asks to find the cup")])
+def test_what_is_not_a_pick_fails_at_once_and_moves_nothing(graph, instruction, why):
+    _, client, outputs, _ = graph
+    commands = len(outputs["commands"])
+    record = client.pick(instruction, 30)
     assert not record.result.success and record.result.failure_reason == "bad_instruction"
-    assert "dance the macarena" in record.result.message
-    assert record.result.elapsed_s < 2.0
+    assert repr(instruction) in record.result.message and why in record.result.message
+    assert record.result.elapsed_s < 2.0 and len(outputs["commands"]) == commands
+
+
+def test_an_object_that_is_not_there_is_no_object(graph):
+    _, client, _, _ = graph
+    record = client.pick("pick up the green cup", 60)    # the cup is red
+    assert not record.result.success and record.result.failure_reason == "no_object", record.result.message
+    assert "no 'green cup' detected (the ones seen are red)" in record.result.message
 
 
 def test_dry_run_plans_and_sends_but_nothing_moves(graph):

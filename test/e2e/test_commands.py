@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dino_vla.sim.tasks import SPLITS, draw_task
+
 DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
 COMMANDS = ("sim-pick", "detect", "parse", "bench", "bench-pick", "launch", "record-sim", "train", "eval")
 TEST_SET = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"
@@ -217,6 +219,25 @@ def test_eval_one_scene(env, tmp_path):
     assert report["methods"] == ["policy", "baseline"] and len(report["episodes"]) == 1
     assert report["checkpoint"].endswith("sim-tiny") and report["paraphrases"] == "eval"
     assert report["overall"]["policy"]["success_rate"] == 1.0   # the shipped checkpoint on seed 1000000
+
+
+def test_eval_every_split_side_by_side(env, tmp_path):
+    result = dino_vla("eval", "--split", "all", "-n", "1", "--json", "splits", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for split in SPLITS:
+        assert f"eval --split {split}: 1 held-out tasks (seeds 1000000..)" in result.stdout
+        report = json.loads((tmp_path / "splits" / f"{split}.json").read_text())
+        assert report["split"] == split and report["methods"] == ["policy", "geometric"]
+        (episode,) = report["episodes"]
+        assert episode["instruction"] == draw_task(split, 1_000_000).instruction
+        assert set(report["overall"]["geometric"]) >= {"success_rate", "correct_object_rate", "refusal_rate"}
+    absent = json.loads((tmp_path / "splits" / "absent.json").read_text())
+    assert absent["episodes"][0]["target"] == "(absent)"
+
+
+def test_eval_of_an_unknown_split(env, tmp_path):
+    result = dino_vla("eval", "--split", "colours", env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "invalid choice: 'colours'" in result.stderr
 
 
 def test_eval_of_a_missing_checkpoint(env, tmp_path):
