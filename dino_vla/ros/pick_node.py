@@ -21,7 +21,7 @@ from std_msgs.msg import Header, String
 from dino_vla.action import Pick
 from dino_vla.instruction import InstructionError, parse_instruction
 from dino_vla.msg import GraspCommand, GraspOutcome
-from dino_vla.pick import PLANNER_SOURCE, PickFailure, PickPlanner, PickSettings
+from dino_vla.pick import FAILURE_REASONS, PLANNER_SOURCE, PickFailure, PickPlanner, PickSettings
 from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
 from dino_vla.ros.messages import grasp_from_msg, grasp_to_msg, objects_to_msg, stamp_ns
 from dino_vla.ros.node_base import ConfiguredNode, run_node
@@ -240,6 +240,10 @@ class PickNode(ConfiguredNode):
                                    f"policy grasp for {instruction!r} on policy/grasp",
                                    "the camera, features, masks (or simulator) and policy nodes")
         result.perception_source = msg.source
+        if msg.command == GraspCommand.NONE:
+            reason, _, why = msg.reason.partition(": ")
+            raise PickFailure(reason if reason in FAILURE_REASONS else "internal_error",
+                              f"the policy decided not to act: {why or msg.reason}")
         if msg.header.frame_id != self.params["target_frame"]:
             raise PickFailure("wrong_frame", f"the policy's grasp is in {msg.header.frame_id!r}, this node works in "
                                              f"{self.params['target_frame']!r}")

@@ -5,6 +5,8 @@ DINOv2 `features` are paired by stamp with class-agnostic `masks` + aligned `dep
 the pair or the instruction is new; otherwise the last decision is published again) and publishes:
 - `policy/grasp` (GraspCommand): the decision, clipped into the workspace (above the table) and the
   gripper's opening, stamped with the perception it was made from, marked dry_run as the parameter says;
+  or, when it decides not to act (the named object is not there, no usable depth...), a NONE command with
+  the reason, which a pick waiting for this policy fails with at once;
 - `policy/grasp_pose` (PoseStamped): the setpoint stream: the same grasp, its step from the previous
   setpoint further limited to max_speed_mps and max_yaw_rate_rps;
 - `policy/status` (String): `ok: ...` naming every clamp applied, or `waiting: ...`, `stale: ...`,
@@ -52,7 +54,8 @@ class Decided:
     observation: Observation
     task: int                  # PolicyNode.task it was made for
     decision: PolicyDecision | None
-    failure: str = ""
+    failure: str = ""           # "failed <reason>: <sentence>"
+    reason: str = ""            # the failure's reason code
 
 
 class PolicyNode(ConfiguredNode):
@@ -141,6 +144,11 @@ class PolicyNode(ConfiguredNode):
             d = self.decided = self.decide(self.observation)
         if d.decision is None:
             self.publish_status(d.failure)
+            # the decision not to act goes out too, so that a pick waiting for this policy ends at once
+            header = Header(stamp=d.observation.masked.header.stamp, frame_id=self.params["target_frame"])
+            self.grasp_publisher.publish(GraspCommand(header=header, command=GraspCommand.NONE,
+                                                      dry_run=True, instruction=self.instruction,
+                                                      source=self.source, reason=d.failure[len("failed "):]))
             return
         try:
             grasp, notes = self.limits.clamp(d.decision.grasp, None, self.period_s)
@@ -197,7 +205,7 @@ class PolicyNode(ConfiguredNode):
     def _failed(self, observation: Observation, reason: str, message: str) -> Decided:
         self.get_logger().warning(f"no decision for {self.instruction!r}: {reason}: {message}",
                                   throttle_duration_sec=5.0)
-        return Decided(observation, self.task, None, f"failed {reason}: {message}")
+        return Decided(observation, self.task, None, f"failed {reason}: {message}", reason)
 
     def publish_status(self, text: str) -> None:
         self.status_publisher.publish(String(data=text))

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import rclpy
 from geometry_msgs.msg import PoseStamped
@@ -205,6 +206,22 @@ def test_the_pick_action_executes_the_policys_grasp(graph):
     q, back = policy[0].grasp_pose.orientation, r.grasp.grasp_pose.orientation
     assert abs(q.x * back.x + q.y * back.y + q.z * back.z + q.w * back.w) == pytest.approx(1.0, abs=1e-9)
     assert stamp_ns(r.grasp.header) > probe.stamps[0]
+
+
+def test_a_policy_that_will_not_act_ends_the_pick_at_once(graph):
+    _, probe, client, _, _ = graph
+    commands = len(probe.received["command"])
+    depth = probe.observation["depth"]
+    probe.observation = {**probe.observation, "depth": np.zeros_like(depth)}   # no object has depth
+    try:
+        record = client.pick("pick up the cup", 30)
+    finally:
+        probe.observation = {**probe.observation, "depth": depth}
+    r = record.result
+    assert r.failure_reason == "no_points" and "the policy decided not to act" in r.message, r.message
+    assert r.elapsed_s < 5.0 and len(probe.received["command"]) == commands
+    refusals = [m for _, m in probe.received["grasp"] if m.command == GraspCommand.NONE]
+    assert refusals and refusals[-1].reason.startswith("no_points: ") and refusals[-1].instruction == "pick up the cup"
 
 
 def test_without_dry_run_each_new_instruction_is_commanded_once(graph):
