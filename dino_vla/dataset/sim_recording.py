@@ -1,8 +1,9 @@
 """Demonstrations from the simulator's scripted expert on the seeded tasks of sim.tasks (training wording,
 never a held-out composition): every scene is one task of a training split in turn (paraphrase, attribute,
-duplicate, recolour, relation, absent), plus instructions the same frame answers without rendering again: an
-object named by its noun where its category is alone, by colour and noun where that pair is alone, and an
-object that is not there (the demonstrated action: none). The expert's grasp is the geometric grasp of the
+duplicate, recolour, relation, absent), plus instructions the same frame answers without rendering again: up
+to MORE_RELATIONS other relations a relation scene answers clearly, an object named by its noun where its
+category is alone, by colour and noun where that pair is alone, and an object that is not there (the
+demonstrated action: none). The expert's grasp is the geometric grasp of the
 true pose (TabletopSim.reference_grasp: TCP at the object's origin, closing across its grasp side, opened
 3 cm wider than it). Masks are the simulator's instance segmentation."""
 from __future__ import annotations
@@ -17,11 +18,12 @@ from tqdm import tqdm
 from dino_vla.dataset.format import DatasetWriter, RecordedFrame
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
 from dino_vla.sim.scene import BASE_FRAME, CATALOGUE, catalogue_object
-from dino_vla.sim.tasks import TRAINING_SPLITS, Task, draw_task, held_out_colour, sentence
+from dino_vla.sim.tasks import TRAINING_SPLITS, Task, draw_task, held_out_colour, more_relations, sentence
 from dino_vla.types import Masks
 
 EXPERT = "sim reference_grasp (true object pose)"
 EXTRA_NAMED = 2
+MORE_RELATIONS = 3   # other relations a relation scene answers, taught on the same frame
 
 
 def recorded_frame(frame: RenderedFrame, sim: TabletopSim, names: list[str], masks: Masks) -> RecordedFrame:
@@ -51,14 +53,16 @@ def _extra_instructions(task: Task, visible: list[str], rng: np.random.Generator
 
 
 def record_sim_demonstrations(out: str | Path, scenes: int, first_seed: int = 0, width: int = 640,
-                               height: int = 480, append: bool = False) -> dict:
-    """Write `scenes` seeded task scenes' demonstrations to `out`; returns counts."""
+                               height: int = 480, append: bool = False, splits: tuple[str, ...] = TRAINING_SPLITS
+                               ) -> dict:
+    """Write `scenes` seeded task scenes' demonstrations to `out`, the scene of seed s a task of
+    splits[s % len(splits)]; returns counts."""
     counts = {"frames": 0, "episodes": 0, "absent": 0}
     with DatasetWriter(out, source=EXPERT, base_frame=BASE_FRAME, append=append,
-                       description=f"simulated table-top tasks ({', '.join(TRAINING_SPLITS)}), seeds "
+                       description=f"simulated table-top tasks ({', '.join(splits)}), seeds "
                                    f"{first_seed}..{first_seed + scenes - 1}, training wording") as writer:
         for seed in tqdm(range(first_seed, first_seed + scenes), desc="recording", unit="scene", file=sys.stderr):
-            task = draw_task(TRAINING_SPLITS[seed % len(TRAINING_SPLITS)], seed, "train")
+            task = draw_task(splits[seed % len(splits)], seed, "train")
             rng = np.random.default_rng([seed, 23])
             with TabletopSim(task.spec, width=width, height=height) as sim:
                 sim.settle()
@@ -67,7 +71,10 @@ def record_sim_demonstrations(out: str | Path, scenes: int, first_seed: int = 0,
                 names = list(everything.phrases)
                 index = writer.add_frame(recorded_frame(frame, sim, names, masks))
                 counts["frames"] += 1
-                for instruction, meant in [(task.instruction, task.target), *_extra_instructions(task, names, rng)]:
+                relations = more_relations(task, rng)
+                chosen = [relations[i] for i in rng.permutation(len(relations))[:MORE_RELATIONS]]
+                for instruction, meant in [(task.instruction, task.target), *chosen,
+                                           *_extra_instructions(task, names, rng)]:
                     about = {"seed": seed, "split": task.split, "expert": EXPERT}
                     if meant is None:
                         writer.add_absent(index, instruction, extra=about)

@@ -229,36 +229,76 @@ def _absent(rng, seed, wording, unseen=False):
     return Task("absent", _scene(rng, seed, objects, None), sentence(rng, wording, phrase), {"phrase": phrase})
 
 
+def _needs(relation: str) -> int:
+    """How many reference objects a relation names."""
+    return 2 if relation == "between" else 1 if relation in ("left_of", "right_of", "in_front_of", "behind",
+                                                             "near") else 0
+
+
 def _relation(rng, seed, wording, unseen=False):
+    # the relation first, then layouts until one answers it: drawing both together would under-represent the
+    # relations few layouts answer (near, between)
+    relation = _pick(rng, [r for r in RELATIONS if _needs(r)] if unseen else RELATIONS)
+    for _ in range(50):
+        task = _relation_task(rng, seed, wording, unseen, relation)
+        if task is not None:
+            return task
+    return None
+
+
+def _relation_task(rng, seed, wording, unseen, relation):
     category = _pick(rng, CATEGORIES)
     colour = _pick(rng, PALETTE)
-    relation = _pick(rng, RELATIONS)
-    needs = 2 if relation == "between" else 1 if relation in ("left_of", "right_of", "in_front_of", "behind",
-                                                                "near") else 0
     ref_categories = [c for c in CATEGORIES if c != category]
-    refs = [ref_categories[i] for i in rng.permutation(len(ref_categories))[:needs]]
-    if needs and not all(_reference_allowed(relation, r, wording, unseen) for r in refs):
-        return None
-    if unseen and not needs:
+    refs = [ref_categories[i] for i in rng.permutation(len(ref_categories))[:_needs(relation)]]
+    if not all(_reference_allowed(relation, r, wording, unseen) for r in refs):
         return None
     alike = [PlacedObject(category, 0, 0, 0, colour=colour) for _ in range(2)]
     references = [PlacedObject(r, 0, 0, 0, colour=_pick(rng, PALETTE)) for r in refs]
     rest = _others(rng, {category, *refs}, int(rng.integers(0, 3)))
-    objects = alike + references + rest
-    spec = _scene(rng, seed, objects, None)
+    spec = _scene(rng, seed, alike + references + rest, None)
     instances = [o for o in spec.objects if o.category == category]
-    ref_objects = [o for o in spec.objects if o.category in refs]
-    ref_objects.sort(key=lambda o: refs.index(o.category))
+    ref_objects = sorted((o for o in spec.objects if o.category in refs), key=lambda o: refs.index(o.category))
     answer = _answer(relation, instances, ref_objects)
     if answer is None:
         return None
     noun = _pick(rng, catalogue_object(category).synonyms)
     ref_phrases = [_pick(rng, catalogue_object(r.category).synonyms) for r in ref_objects]
-    words = _pick(rng, RELATION_WORDS[wording][relation]).format(*ref_phrases)
     return Task("unseen-composition" if unseen else "relation", SceneSpec(spec.objects, answer.name, seed,
                                                                           spec.appearance),
-                sentence(rng, wording, noun, words), {"phrase": noun, "relation": relation,
-                                                        "references": ref_phrases})
+                sentence(rng, wording, noun, relation_words(rng, wording, relation, ref_phrases)),
+                {"phrase": noun, "relation": relation, "references": ref_phrases})
+
+
+def relation_words(rng: np.random.Generator, wording: str, relation: str, references: list[str]) -> str:
+    return _pick(rng, RELATION_WORDS[wording][relation]).format(*references)
+
+
+def more_relations(task: Task, rng: np.random.Generator, wording: str = "train") -> list[tuple[str, str]]:
+    """(instruction, instance meant) of the other relations a relation task's scene answers clearly: the same
+    frame teaches several relations at no extra rendering."""
+    if "relation" not in task.about:
+        return []
+    target = task.spec.get(task.target)
+    instances = [o for o in task.spec.objects if o.category == target.category]
+    others = [o for o in task.spec.objects if o.category != target.category]
+    out = []
+    for relation in RELATIONS:
+        if relation == task.about["relation"]:
+            continue
+        refs = [others[i] for i in rng.permutation(len(others))[:_needs(relation)]]
+        if len(refs) < _needs(relation) or not all(_reference_allowed(relation, r.category, wording, False)
+                                                   for r in refs):
+            continue
+        if len({r.category for r in refs}) < len(refs) or any(
+                sum(o.category == r.category for o in others) > 1 for r in refs):
+            continue      # a reference must be the only one of its kind
+        answer = _answer(relation, instances, refs)
+        if answer is not None:
+            phrases = [_pick(rng, catalogue_object(r.category).synonyms) for r in refs]
+            noun = _pick(rng, catalogue_object(target.category).synonyms)
+            out.append((sentence(rng, wording, noun, relation_words(rng, wording, relation, phrases)), answer.name))
+    return out
 
 
 def _reference_allowed(relation: str, category: str, wording: str, unseen: bool) -> bool:

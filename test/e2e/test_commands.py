@@ -259,11 +259,19 @@ def test_record_sim_then_train_one_step_then_eval_it(env, tmp_path):
     assert again.returncode == 1
     assert first_line(again.stderr) == ("dino-vla: demos already holds a dataset; choose another directory or "
                                         "append")
-    appended = dino_vla("record-sim", "-n", "1", "--first-seed", "1", "--append", "--out", "demos", env=env,
-                        cwd=tmp_path)
+    appended = dino_vla("record-sim", "-n", "1", "--first-seed", "1", "--append", "--out", "demos",
+                        "--splits", "relation", env=env, cwd=tmp_path)
     assert appended.returncode == 0 and json.loads(appended.stdout.splitlines()[-1])["frames"] == 1
     info = json.loads((tmp_path / "demos" / "meta" / "info.json").read_text())
     assert info["frames"] == 2
+    episodes = [json.loads(line) for line in (tmp_path / "demos" / "meta" / "episodes.jsonl").read_text().splitlines()]
+    assert episodes[0]["extra"]["split"] == "paraphrase" and episodes[-1]["extra"]["split"] == "relation"
+    assert {e["instruction"] for e in episodes} >= {draw_task("paraphrase", 0, "train").instruction,
+                                                     draw_task("relation", 1, "train").instruction}
+    unknown = dino_vla("record-sim", "-n", "1", "--out", "other", "--splits", "relation,colours", env=env,
+                       cwd=tmp_path)
+    assert unknown.returncode == 1 and first_line(unknown.stderr).startswith(
+        "dino-vla: --splits: colours not among the training splits")
 
     # one epoch over 2 frames at batch size 64 is one optimiser step
     trained = dino_vla("train", "demos", "--out", "ck", "--epochs", "1", "--threads", "1", env=env, cwd=tmp_path)

@@ -2,6 +2,7 @@
 kept out of training wording; and the geometric pick solving them in MuJoCo with the stand-in perception."""
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from dino_vla.config import config_dir, load_config
@@ -11,7 +12,8 @@ from dino_vla.language import parse
 from dino_vla.pick import PickPlanner, PickSettings
 from dino_vla.sim.scene import CATALOGUE, CAMERA_FRAME, COLOURS, catalogue_object, overlapping_pairs
 from dino_vla.sim.tasks import (
-    MAX_OBJECTS, SPLITS, TEMPLATES, TRAINING_SPLITS, draw_task, held_out_colour, held_out_reference)
+    MAX_OBJECTS, RELATIONS, SPLITS, TEMPLATES, TRAINING_SPLITS, draw_task, held_out_colour, held_out_reference,
+    more_relations)
 
 SEEDS = range(60)
 
@@ -104,6 +106,25 @@ def test_training_wording_never_names_a_held_out_composition(tasks):
     assert train and not any(held(c) for c in train)
     assert all(found and all(held(c) for c in found) for found in unseen)
     assert not set(TEMPLATES["train"]) & set(TEMPLATES["eval"])
+
+
+def test_relations_are_drawn_evenly_and_a_relation_scene_teaches_more(tasks):
+    drawn = Counter(t.about["relation"] for t in tasks["relation", "train"] + tasks["relation", "eval"])
+    assert set(drawn) == set(RELATIONS) and min(drawn.values()) >= 4
+    taught = 0
+    for t in tasks["relation", "train"]:
+        target = t.spec.get(t.target)
+        for instruction, meant in more_relations(t, np.random.default_rng(0)):
+            parsed = parse(instruction)
+            assert parsed.relation.type != t.about["relation"] and parsed.target.noun in catalogue_object(
+                target.category).synonyms
+            assert t.spec.get(meant).category == target.category
+            for ref in parsed.relation.references:
+                category = next(o.name for o in CATALOGUE if o.answers_to(ref.noun))
+                assert not held_out_reference(parsed.relation.type, category)
+                assert sum(o.category == category for o in t.spec.objects) == 1
+            taught += 1
+    assert taught > 2 * len(tasks["relation", "train"])
 
 
 @pytest.fixture(scope="module")
