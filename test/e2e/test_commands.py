@@ -119,7 +119,7 @@ def test_detect_an_empty_folder(env, tmp_path):
 def test_detect_an_empty_instruction(env, tmp_path, photo):
     result = dino_vla("detect", str(photo), "--instruction", "", env=env, cwd=tmp_path)
     assert result.returncode == 1
-    assert first_line(result.stderr).startswith("dino-vla: Cannot parse instruction '': it is empty.")
+    assert first_line(result.stderr) == "dino-vla: refused '' (not_an_instruction): it has no words"
 
 
 # ---- parse -------------------------------------------------------------------------------------------------
