@@ -18,9 +18,9 @@ from dino_vla.language import ObjectPhrase
 from dino_vla.types import Detections, Grasp, Masks, Object3D, RigidTransform
 
 # Result codes of a pick (also the Pick action's failure_reason); GraspRefused adds its own reasons.
-FAILURE_REASONS = ("bad_instruction", "timeout", "no_object", "ambiguous", "no_points", "too_wide", "outside_workspace",
-                   "too_small", "wrong_frame", "too_few_points", "execution_failed", "wrong_object",
-                   "dry_run", "cancelled", "internal_error")
+FAILURE_REASONS = ("bad_instruction", "timeout", "no_object", "ambiguous", "no_points", "too_wide",
+                   "outside_workspace", "too_small", "wrong_frame", "too_few_points", "execution_failed",
+                   "wrong_object", "dry_run", "cancelled", "internal_error")
 
 
 PLANNER_SOURCE = "geometric planner"   # GraspCommand.source of the planner's grasps

@@ -167,7 +167,6 @@ COLOURS: dict[str, tuple[float, float, float, float]] = {
     "green": (0.10, 0.75, 0.20, 1.0), "blue": (0.10, 0.30, 0.90, 1.0), "purple": (0.55, 0.20, 0.75, 1.0),
     "pink": (0.95, 0.35, 0.65, 1.0), "white": (0.92, 0.92, 0.90, 1.0), "black": (0.07, 0.07, 0.08, 1.0),
 }
-COLOUR_WORDS = frozenset(COLOURS)
 
 _CUP_R, _CUP_HH = 0.035, 0.05
 CATALOGUE: tuple[CatalogueObject, ...] = (
