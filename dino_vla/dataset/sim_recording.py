@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from dino_vla.dataset.format import DatasetWriter, RecordedFrame
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
-from dino_vla.sim.scene import BASE_FRAME, CATALOGUE, catalogue_object
-from dino_vla.sim.tasks import TRAINING_SPLITS, Task, draw_task, held_out_colour, more_relations, sentence
+from dino_vla.sim.scene import BASE_FRAME, CATALOGUE
+from dino_vla.sim.tasks import (TRAINING_SPLITS, Task, draw_task, held_out_colour, more_relations, noun_for,
+                                sentence)
 from dino_vla.types import Masks
 
 EXPERT = "sim reference_grasp (true object pose)"
@@ -38,8 +39,7 @@ def _extra_instructions(task: Task, visible: list[str], rng: np.random.Generator
     paints = Counter((o.kind.colour, o.category) for o in task.spec.objects)
     named = []
     for o in (task.spec.get(visible[i]) for i in rng.permutation(len(visible))):
-        nouns = catalogue_object(o.category).synonyms
-        noun = nouns[int(rng.integers(len(nouns)))]
+        noun = noun_for(rng, o.category)
         if categories[o.category] == 1 and rng.random() < 0.5:
             named.append((sentence(rng, "train", noun), o.name))
         elif paints[o.kind.colour, o.category] == 1 and not held_out_colour(o.kind.colour, o.category):
@@ -47,8 +47,8 @@ def _extra_instructions(task: Task, visible: list[str], rng: np.random.Generator
     missing = [c for c in CATALOGUE if c.name not in categories]
     absent = []
     if missing:
-        nouns = missing[int(rng.integers(len(missing)))].synonyms
-        absent.append((sentence(rng, "train", nouns[int(rng.integers(len(nouns)))]), None))
+        category = missing[int(rng.integers(len(missing)))].name
+        absent.append((sentence(rng, "train", noun_for(rng, category)), None))
     return named[:EXTRA_NAMED] + absent
 
 

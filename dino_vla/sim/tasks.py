@@ -106,6 +106,11 @@ def _pick(rng: np.random.Generator, options):
     return options[int(rng.integers(len(options)))]
 
 
+def noun_for(rng: np.random.Generator, category: str) -> str:
+    """One of the nouns a category answers to ("cup" or "mug"), drawn from rng."""
+    return _pick(rng, catalogue_object(category).synonyms)
+
+
 def _allowed(colour: str, category: str, wording: str, unseen: bool) -> bool:
     held = held_out_colour(colour, category)
     return held if unseen else not (wording == "train" and held)
@@ -146,7 +151,7 @@ def _paraphrase(rng, seed, wording, unseen=False):
     objects = _others(rng, set(), int(rng.integers(4, MAX_OBJECTS)))
     target = int(rng.integers(len(objects)))
     t = objects[target]
-    noun = _pick(rng, catalogue_object(t.category).synonyms)
+    noun = noun_for(rng, t.category)
     coloured = bool(rng.random() < 0.4) and _allowed(t.kind.colour, t.category, wording, False)
     phrase = f"{t.kind.colour} {noun}" if coloured else noun
     spec = _scene(rng, seed, objects, target)
@@ -172,7 +177,7 @@ def _attribute(rng, seed, wording, unseen=False):
         alike = [PlacedObject(category, 0, 0, 0, colour=colour, scale=s) for s in scales]
         target = 0
         phrase_words = [size] + ([colour] if unseen or rng.random() < 0.3 else [])
-    noun = _pick(rng, catalogue_object(category).synonyms)
+    noun = noun_for(rng, category)
     phrase = " ".join(phrase_words + [noun])
     objects = alike + _others(rng, {category}, int(rng.integers(1, MAX_OBJECTS - copies + 1)))
     return Task("unseen-composition" if unseen else "attribute", _scene(rng, seed, objects, target),
@@ -193,7 +198,7 @@ def _duplicate(rng, seed, wording, unseen=False):
                   for o in _others(rng, {category}, int(rng.integers(1, 3)))]
     rest = _others(rng, {category} | {o.category for o in same_paint}, int(rng.integers(0, 3)))
     objects = (alike + same_paint + rest)[:MAX_OBJECTS]
-    noun = _pick(rng, catalogue_object(category).synonyms)
+    noun = noun_for(rng, category)
     phrase = f"{colour} {noun}"
     return Task("unseen-composition" if unseen else "duplicate", _scene(rng, seed, objects, 0),
                 sentence(rng, wording, phrase), {"phrase": phrase})
@@ -210,7 +215,7 @@ def _recolour(rng, seed, wording, unseen=False):
     wearer = _pick(rng, [i for i in range(len(objects)) if i != target
                          and catalogue_object(objects[i].category).colour != usual])
     painted[wearer] = PlacedObject(painted[wearer].category, 0, 0, 0, colour=usual)
-    noun = _pick(rng, catalogue_object(objects[target].category).synonyms)
+    noun = noun_for(rng, objects[target].category)
     return Task("recolour", _scene(rng, seed, painted, target), sentence(rng, wording, noun),
                 {"phrase": noun, "wearing_its_usual_colour": painted[wearer].category})
 
@@ -223,9 +228,9 @@ def _absent(rng, seed, wording, unseen=False):
         o = _pick(rng, objects)
         painted = {p.kind.colour for p in objects if p.category == o.category}
         colour = _pick(rng, [c for c in PALETTE if c not in painted])
-        phrase = f"{colour} {_pick(rng, catalogue_object(o.category).synonyms)}"
+        phrase = f"{colour} {noun_for(rng, o.category)}"
     else:
-        phrase = _pick(rng, catalogue_object(_pick(rng, [c for c in CATEGORIES if c not in present])).synonyms)
+        phrase = noun_for(rng, _pick(rng, [c for c in CATEGORIES if c not in present]))
     return Task("absent", _scene(rng, seed, objects, None), sentence(rng, wording, phrase), {"phrase": phrase})
 
 
@@ -262,8 +267,8 @@ def _relation_task(rng, seed, wording, unseen, relation):
     answer = _answer(relation, instances, ref_objects)
     if answer is None:
         return None
-    noun = _pick(rng, catalogue_object(category).synonyms)
-    ref_phrases = [_pick(rng, catalogue_object(r.category).synonyms) for r in ref_objects]
+    noun = noun_for(rng, category)
+    ref_phrases = [noun_for(rng, r.category) for r in ref_objects]
     return Task("unseen-composition" if unseen else "relation", SceneSpec(spec.objects, answer.name, seed,
                                                                           spec.appearance),
                 sentence(rng, wording, noun, relation_words(rng, wording, relation, ref_phrases)),
@@ -295,8 +300,8 @@ def more_relations(task: Task, rng: np.random.Generator, wording: str = "train")
             continue      # a reference must be the only one of its kind
         answer = _answer(relation, instances, refs)
         if answer is not None:
-            phrases = [_pick(rng, catalogue_object(r.category).synonyms) for r in refs]
-            noun = _pick(rng, catalogue_object(target.category).synonyms)
+            phrases = [noun_for(rng, r.category) for r in refs]
+            noun = noun_for(rng, target.category)
             out.append((sentence(rng, wording, noun, relation_words(rng, wording, relation, phrases)), answer.name))
     return out
 
