@@ -24,7 +24,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--d-model", type=int, help="network width (default 64)")
-    p.add_argument("--layers", type=int, help="fusion transformer layers (default 2)")
+    p.add_argument("--layers", type=int, help="fusion transformer layers (default 3)")
+    p.add_argument("--vision-grid", type=int, help="vision tokens: the patch grid pooled to N x N (default 4)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--finetune-backbone", action="store_true", help="train DINOv2 too (default: frozen, its "
                    "tokens cached once); the tuned weights are saved in the checkpoint's backbone/")
@@ -52,7 +53,11 @@ def main(args: argparse.Namespace) -> int:
     settings = TrainSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
                              seed=args.seed, finetune_backbone=args.finetune_backbone,
                              backbone_learning_rate=args.backbone_lr)
+    if args.vision_grid is not None and args.vision_grid < 1:
+        fail("--vision-grid must be >= 1")
     overrides = {k: v for k, v in (("d_model", args.d_model), ("fusion_layers", args.layers)) if v}
+    if args.vision_grid:
+        overrides["view"] = {"vision_grid": args.vision_grid}
     try:
         training = train(args.dataset, args.out, backbone, overrides, settings, resume=args.resume,
                          threads=args.threads or 0)

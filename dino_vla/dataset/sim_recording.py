@@ -1,11 +1,11 @@
 """Demonstrations from the simulator's scripted expert on the seeded tasks of sim.tasks (training wording,
 never a held-out composition): every scene is one task of a training split in turn (paraphrase, attribute,
 duplicate, recolour, relation, absent), plus instructions the same frame answers without rendering again: up
-to MORE_RELATIONS other relations a relation scene answers clearly, an object named by its noun where its
-category is alone, by colour and noun where that pair is alone, and an object that is not there (the
-demonstrated action: none). The expert's grasp is the geometric grasp of the
-true pose (TabletopSim.reference_grasp: TCP at the object's origin, closing across its grasp side, opened
-3 cm wider than it). Masks are the simulator's instance segmentation."""
+to MORE_RELATIONS other relations a relation scene answers clearly, up to EXTRA_NAMED objects named by their
+noun where the category is alone or by colour and noun where that pair is alone, and two objects that are not
+there (a missing category; a present category in a colour it does not wear): the demonstrated action is none.
+The expert's grasp is the geometric grasp of the true pose (TabletopSim.reference_grasp: TCP at the object's
+origin, closing across its grasp side, opened 3 cm wider than it). Masks are the simulator's instance segmentation."""
 from __future__ import annotations
 
 import sys
@@ -18,12 +18,12 @@ from tqdm import tqdm
 from dino_vla.dataset.format import DatasetWriter, RecordedFrame
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
 from dino_vla.sim.scene import BASE_FRAME, CATALOGUE
-from dino_vla.sim.tasks import (TRAINING_SPLITS, Task, draw_task, held_out_colour, more_relations, noun_for,
+from dino_vla.sim.tasks import (PALETTE, TRAINING_SPLITS, Task, draw_task, held_out_colour, more_relations, noun_for,
                                 sentence)
 from dino_vla.types import Masks
 
 EXPERT = "sim reference_grasp (true object pose)"
-EXTRA_NAMED = 2
+EXTRA_NAMED = 3
 MORE_RELATIONS = 3   # other relations a relation scene answers, taught on the same frame
 
 
@@ -34,7 +34,8 @@ def recorded_frame(frame: RenderedFrame, sim: TabletopSim, names: list[str], mas
 
 def _extra_instructions(task: Task, visible: list[str], rng: np.random.Generator) -> list[tuple[str, str | None]]:
     """(instruction, instance meant or None for absent) the frame answers besides its task: up to
-    EXTRA_NAMED objects that a noun or a colour and a noun name alone, and one category that is not there."""
+    EXTRA_NAMED objects that a noun or a colour and a noun name alone, one category that is not there, and
+    one that is there but not in the colour asked for (the harder refusal: the noun alone would match)."""
     categories = Counter(o.category for o in task.spec.objects)
     paints = Counter((o.kind.colour, o.category) for o in task.spec.objects)
     named = []
@@ -49,6 +50,12 @@ def _extra_instructions(task: Task, visible: list[str], rng: np.random.Generator
     if missing:
         category = missing[int(rng.integers(len(missing)))].name
         absent.append((sentence(rng, "train", noun_for(rng, category)), None))
+    present = sorted(categories)
+    category = present[int(rng.integers(len(present)))]
+    unworn = [c for c in PALETTE if (c, category) not in paints and not held_out_colour(c, category)]
+    if unworn:
+        colour = unworn[int(rng.integers(len(unworn)))]
+        absent.append((sentence(rng, "train", f"{colour} {noun_for(rng, category)}"), None))
     return named[:EXTRA_NAMED] + absent
 
 

@@ -60,7 +60,8 @@ def save_checkpoint(directory: str | Path, net: GraspPolicyNet, backbone: str, t
         tuned_backbone.model.save_pretrained(directory / BACKBONE_DIR, safe_serialization=True)
         tuned_backbone.processor.save_pretrained(directory / BACKBONE_DIR)
         backbone = BACKBONE_DIR
-    elif Path(backbone).is_dir() and is_random_model(backbone) and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
+    elif Path(backbone).is_dir() and is_random_model(backbone) \
+            and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
         shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
         shutil.copytree(backbone, directory / BACKBONE_DIR)
         backbone = BACKBONE_DIR
@@ -115,8 +116,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     info = read_info(directory)
     if info.config.tokens_version != TOKENS_VERSION:
         raise CheckpointError(f"{directory} was trained on version {info.config.tokens_version} tokens; this "
-                              f"package builds version {TOKENS_VERSION} (parsed instruction, colours, a 'none' "
-                              "choice): train it again (dino-vla record-sim, then dino-vla train)")
+                              f"package builds version {TOKENS_VERSION} (parsed request text and one-hots, colours, "
+                              "a 'none' choice): train it again (dino-vla record-sim, then dino-vla train)")
     net = GraspPolicyNet(info.config)
     state = load_file(str(Path(directory) / WEIGHTS))
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -1,4 +1,7 @@
-"""The VLA grasp policy network: language, object and vision tokens fused by a transformer encoder; a learned
+"""The VLA grasp policy network: language (text + request), object and vision tokens fused by a transformer
+encoder whose attention between object tokens is biased by their relative position (a learned function of
+the pair's offset and distance, per layer and head: "the cup next to the box" is a comparison of distances
+that plain attention over absolute positions learns slowly); a learned
 action query reads the fused sequence and points at one object token, or at a learned "none of these" token
 (the named object is not there: refuse), and regresses the grasp relative to the chosen object's box (offset,
 yaw turn, opening), in units normalised by statistics stored with the weights."""
@@ -13,7 +16,7 @@ import torch
 from torch import nn
 
 from dino_vla.geometry.localise import LocaliserSettings
-from dino_vla.policy.tokens import GEOMETRY_DIM, TARGET_DIM, TOKENS_VERSION, ViewSettings
+from dino_vla.policy.tokens import GEOMETRY_DIM, REQUEST_DIM, TARGET_DIM, TOKENS_VERSION, ViewSettings
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class PolicyConfig:
     language_dim: int                  # the text encoder's hidden size
     d_model: int = 64
     heads: int = 4
-    fusion_layers: int = 2
+    fusion_layers: int = 3
     decoder_layers: int = 1
     feedforward: int = 128
     dropout: float = 0.1
@@ -55,6 +58,7 @@ class Batch:
 
     language: torch.Tensor       # (B, T, language_dim)
     language_pad: torch.Tensor   # (B, T) bool
+    request: torch.Tensor        # (B, REQUEST_DIM) the parse's one-hots (tokens.request_vector)
     vision: torch.Tensor         # (B, V, vision_dim)
     geometry: torch.Tensor       # (B, N, GEOMETRY_DIM) raw
     pooled: torch.Tensor         # (B, N, vision_dim)
@@ -72,6 +76,7 @@ class GraspPolicyNet(nn.Module):
         d = config.d_model
         grid = config.view.vision_grid
         self.language_in = nn.Sequential(nn.LayerNorm(config.language_dim), nn.Linear(config.language_dim, d))
+        self.request_in = nn.Linear(REQUEST_DIM, d)
         self.vision_in = nn.Sequential(nn.LayerNorm(config.vision_dim), nn.Linear(config.vision_dim, d))
         self.vision_position = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
         self.pooled_norm = nn.LayerNorm(config.vision_dim)
@@ -83,6 +88,8 @@ class GraspPolicyNet(nn.Module):
         layer = nn.TransformerEncoderLayer(d, config.heads, config.feedforward, config.dropout,
                                            batch_first=True, norm_first=True)
         self.fusion = nn.TransformerEncoder(layer, config.fusion_layers, enable_nested_tensor=False)
+        self.pair_bias = nn.Sequential(nn.Linear(PAIR_DIM, d), nn.GELU(),
+                                       nn.Linear(d, config.fusion_layers * config.heads))
         self.action_query = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         decoder = nn.TransformerDecoderLayer(d, config.heads, config.feedforward, config.dropout,
                                              batch_first=True, norm_first=True)
@@ -111,20 +118,36 @@ class GraspPolicyNet(nn.Module):
     def denormalise_targets(self, normalised: torch.Tensor) -> torch.Tensor:
         return normalised * self.target_std + self.target_mean
 
+    def _fuse(self, tokens: torch.Tensor, pad: torch.Tensor, geometry: torch.Tensor, start: int) -> torch.Tensor:
+        """The fusion encoder, with each layer's attention between the object tokens (at start..start+N)
+        biased by pair_bias of their relative position, and padded keys masked out."""
+        b, length, _ = tokens.shape
+        n, heads, layers = geometry.shape[1], self.config.heads, self.config.fusion_layers
+        bias = self.pair_bias(pair_features(geometry)).view(b, n, n, layers, heads).permute(3, 0, 4, 1, 2)
+        masks = tokens.new_zeros(layers, b, heads, length, length)
+        masks[..., start:start + n, start:start + n] = bias
+        masks = masks.masked_fill(pad[None, :, None, None, :], float("-inf"))
+        out = tokens
+        for layer, mask in zip(self.fusion.layers, masks):
+            out = layer(out, src_mask=mask.reshape(b * heads, length, length))
+        return out
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(pointer logits (B, 1 + N): column 0 "none of these", then the objects, pads at -inf; normalised
         grasp targets (B, N, TARGET_DIM) per object)."""
         geometry = (batch.geometry - self.geometry_mean) / self.geometry_std
         objects = self.object_in(torch.cat([geometry, self.pooled_norm(batch.pooled),
                                             batch.coverage.unsqueeze(-1)], -1)) + self.token_type[1]
-        language = self.language_in(batch.language) + self.token_type[0]
+        language = torch.cat([self.request_in(batch.request).unsqueeze(1), self.language_in(batch.language)], 1)
+        language = language + self.token_type[0]
+        language_pad = torch.cat([torch.zeros_like(batch.language_pad[:, :1]), batch.language_pad], 1)
         vision = self.vision_in(batch.vision) + self.vision_position + self.token_type[2]
         none = self.none_token.expand(len(objects), -1, -1)
         tokens = torch.cat([language, none, objects, vision], 1)
         vision_pad = torch.zeros(vision.shape[:2], dtype=torch.bool, device=vision.device)
         choices_pad = torch.cat([torch.zeros_like(batch.object_pad[:, :1]), batch.object_pad], 1)
-        pad = torch.cat([batch.language_pad, choices_pad, vision_pad], 1)
-        fused = self.fusion(tokens, src_key_padding_mask=pad)
+        pad = torch.cat([language_pad, choices_pad, vision_pad], 1)
+        fused = self._fuse(tokens, pad, batch.geometry, start=language.shape[1] + 1)
         query = self.reader(self.action_query.expand(len(tokens), -1, -1), fused, memory_key_padding_mask=pad)
         start = language.shape[1]
         choices = fused[:, start:start + 1 + objects.shape[1]]
@@ -136,8 +159,21 @@ class GraspPolicyNet(nn.Module):
         return logits, self.grasp_head(paired)
 
 
-def collate(language: list[np.ndarray], vision: list[np.ndarray], geometry: list[np.ndarray],
-            pooled: list[np.ndarray], coverage: list[np.ndarray]) -> Batch:
+PAIR_DIM = 5
+
+
+def pair_features(geometry: torch.Tensor) -> torch.Tensor:
+    """(B, N, N, PAIR_DIM) of raw object geometry (B, N, GEOMETRY_DIM): for each pair (i, j), j's offset from
+    i on the table (dx, dy, in 10 cm) and in the image (du, dv, in tenths of its width/height) and their
+    distance on the table."""
+    xy, uv = geometry[..., 0:2], geometry[..., 10:12]
+    table = (xy[:, None, :, :] - xy[:, :, None, :]) / 0.1
+    image = (uv[:, None, :, :] - uv[:, :, None, :]) / 0.1
+    return torch.cat([table, image, table.norm(dim=-1, keepdim=True)], -1)
+
+
+def collate(language: list[np.ndarray], request: list[np.ndarray], vision: list[np.ndarray],
+            geometry: list[np.ndarray], pooled: list[np.ndarray], coverage: list[np.ndarray]) -> Batch:
     """Pad B observations' token arrays into one Batch."""
     def pad(arrays: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         longest = max(1, max(len(a) for a in arrays))
@@ -152,5 +188,6 @@ def collate(language: list[np.ndarray], vision: list[np.ndarray], geometry: list
     geometry_t, object_pad = pad(geometry, GEOMETRY_DIM)
     pooled_t, _ = pad(pooled, vision[0].shape[-1])
     coverage_t, _ = pad([np.asarray(c).reshape(-1, 1) for c in coverage], 1)
-    return Batch(language_t, language_pad, torch.as_tensor(np.stack(vision).astype(np.float32)),
+    return Batch(language_t, language_pad, torch.as_tensor(np.stack(request).astype(np.float32)),
+                 torch.as_tensor(np.stack(vision).astype(np.float32)),
                  geometry_t, pooled_t, coverage_t[..., 0], object_pad)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from dino_vla.language import InstructionError, parse
+from dino_vla.language import Instruction, InstructionError, parse
 from dino_vla.models.loading import resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
@@ -18,7 +18,8 @@ from dino_vla.geometry.depth import DepthFrame
 from dino_vla.pick import PickFailure
 from dino_vla.policy.checkpoint import CheckpointInfo, load_checkpoint
 from dino_vla.policy.model import GraspPolicyNet, collate
-from dino_vla.policy.tokens import ObjectTokens, grasp_from_target, language_text, object_tokens, vision_tokens
+from dino_vla.policy.tokens import (ObjectTokens, grasp_from_target, language_text, object_tokens, request_vector,
+                                   vision_tokens)
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
 
 
@@ -97,7 +98,7 @@ class GraspPolicy:
         if len(objects) == 0:
             reasons = "; ".join(sorted(set(objects.skipped.values())))
             raise PolicyFailure("no_points", f"none of the {len(masks)} masks has usable depth ({reasons})")
-        logits, targets = self.forward(language_text(parsed), features, objects)
+        logits, targets = self.forward(parsed, features, objects)
         probabilities = torch.softmax(logits, 0)
         choice = int(torch.argmax(probabilities))
         confidence = float(probabilities[choice])
@@ -112,10 +113,12 @@ class GraspPolicy:
         return PolicyDecision(grasp, objects.kept[row], confidence, (time.perf_counter() - start) * 1e3)
 
     @torch.inference_mode()
-    def forward(self, text: str, features: Features, objects: ObjectTokens) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, instruction: Instruction, features: Features, objects: ObjectTokens
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(pointer logits (1 + N,): "none", then the objects; grasp targets (N, 5) in metres/radians) for one
-        observation's objects and the text the encoder reads (tokens.language_text)."""
-        batch = collate([self._language(text)], [vision_tokens(features, self.info.config.view.vision_grid)],
+        observation's objects and a parsed instruction."""
+        batch = collate([self._language(language_text(instruction))], [request_vector(instruction)],
+                        [vision_tokens(features, self.info.config.view.vision_grid)],
                         [objects.geometry], [objects.pooled], [objects.coverage]).to(self.device)
         logits, normalised = self.net(batch)
         return logits[0].cpu(), self.net.denormalise_targets(normalised[0]).cpu()

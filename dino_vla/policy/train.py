@@ -26,7 +26,8 @@ from dino_vla.colour import colour_names
 from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
 from dino_vla.language import InstructionError, parse
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
-from dino_vla.policy.tokens import TARGET_DIM, ViewSettings, grasp_target, language_text, object_tokens, vision_tokens
+from dino_vla.policy.tokens import (TARGET_DIM, TOKENS_VERSION, ViewSettings, grasp_target, language_text,
+                                   object_tokens, request_vector, vision_tokens)
 
 
 def crop_fraction(features: DinoFeatures) -> float:
@@ -51,6 +52,7 @@ class TokenTable:
     object_offsets: torch.Tensor  # (F + 1,)
     language: torch.Tensor        # (sum T_t, Dl)
     language_offsets: torch.Tensor  # (tasks + 1,)
+    request: torch.Tensor         # (tasks, REQUEST_DIM)
     episode_frame: torch.Tensor   # (E,)
     episode_task: torch.Tensor    # (E,)
     episode_row: torch.Tensor     # (E,) the target's row among its frame's object tokens, or NONE_ROW
@@ -72,7 +74,8 @@ class TokenTable:
         frames, tasks = self.episode_frame[episodes], self.episode_task[episodes]
         lang = [self.language[int(self.language_offsets[t]):int(self.language_offsets[t + 1])].numpy() for t in tasks]
         parts = [self.objects(int(f)) for f in frames]
-        batch = collate(lang, [self.vision[f].numpy() for f in frames], [self.geometry[s].numpy() for s in parts],
+        batch = collate(lang, [self.request[t].numpy() for t in tasks], [self.vision[f].numpy() for f in frames],
+                        [self.geometry[s].numpy() for s in parts],
                         [self.pooled[s].numpy() for s in parts], [self.coverage[s].numpy() for s in parts])
         if backbone is not None:
             batch.vision, batch.pooled = self._tuned_tokens(backbone, frames, parts, batch)
@@ -125,11 +128,11 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
     understood = {}
     for task, instruction in tasks:
         try:
-            understood[task] = language_text(parse(instruction))
+            understood[task] = parse(instruction)
         except InstructionError:
             pass     # its episodes are dropped, counted below
     tasks = [(task, text_) for task, text_ in tasks if task in understood]
-    language = [text.encode(understood[task]).tokens for task, _ in tasks]
+    language = [text.encode(language_text(understood[task])).tokens for task, _ in tasks]
     task_row = {task: i for i, (task, _) in enumerate(tasks)}
     kept, dropped, refused = [], 0, 0
     for e in dataset.episodes:
@@ -153,6 +156,7 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         torch.as_tensor(np.concatenate(pooled)), torch.as_tensor(np.concatenate(coverage)),
         torch.as_tensor(offsets), torch.as_tensor(np.concatenate(language)),
         torch.as_tensor(np.cumsum([0] + [len(t) for t in language])),
+        torch.as_tensor(np.stack([request_vector(understood[task]) for task, _ in tasks])),
         torch.as_tensor([k[0] for k in kept]), torch.as_tensor([k[1] for k in kept]),
         torch.as_tensor([k[2] for k in kept]), torch.as_tensor(np.stack([k[3] for k in kept])),
         torch.stack(pixels) if for_finetuning else None,
@@ -166,7 +170,7 @@ def cached_tokens(dataset: Dataset, backbone: str, view: ViewSettings, text: Tex
                   features: DinoFeatures, for_finetuning: bool = False) -> tuple[TokenTable, dict]:
     key = hashlib.sha256(json.dumps([str(Path(backbone).resolve()) if Path(backbone).exists() else backbone,
                                      text.name, asdict(view), len(dataset), dataset.num_frames,
-                                     for_finetuning]).encode()
+                                     for_finetuning, TOKENS_VERSION]).encode()
                          ).hexdigest()[:16]
     path = dataset.root / "cache" / f"tokens-{key}.safetensors"
     if path.is_file():
@@ -296,7 +300,8 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", file=sys.stderr)
     while step < total_steps:
         epoch, offset = divmod(step, steps_per_epoch)
-        order = train_eps[torch.randperm(len(train_eps), generator=torch.Generator().manual_seed(settings.seed * 100003 + epoch))]
+        shuffle = torch.Generator().manual_seed(settings.seed * 100003 + epoch)
+        order = train_eps[torch.randperm(len(train_eps), generator=shuffle)]
         for b in range(offset, steps_per_epoch):
             loss, metrics = losses(net, table, order[b * settings.batch_size:(b + 1) * settings.batch_size], tuned)
             optimizer.zero_grad()

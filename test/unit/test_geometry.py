@@ -126,7 +126,8 @@ def test_invalid_and_out_of_range_depth_is_ignored(cup_view):
 def test_millimetre_depth_gives_the_same_answer(cup_view):
     camera, depth, mask = cup_view
     metres = localise(DepthFrame(depth, INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
-    millimetres = localise(DepthFrame(np.round(depth * 1000).astype(np.uint16), INTRINSICS, CAMERA_FRAME), mask, "cup", 0.9)
+    in_mm = DepthFrame(np.round(depth * 1000).astype(np.uint16), INTRINSICS, CAMERA_FRAME)
+    millimetres = localise(in_mm, mask, "cup", 0.9)
     assert np.linalg.norm(millimetres.centroid - metres.centroid) < 0.001
     assert cup_centre_error(millimetres, camera) < 0.005
 

@@ -15,12 +15,13 @@ from dino_vla.language import parse
 from dino_vla.policy.model import GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.runner import GraspPolicy, PolicyFailure
 from dino_vla.dataset.sim_recording import record_sim_demonstrations
-from dino_vla.policy.tokens import (GEOMETRY_DIM, TARGET_DIM, fold_angle, grasp_from_target, grasp_target,
-                                    patch_weights)
+from dino_vla.policy.tokens import (GEOMETRY_DIM, REQUEST_COLOURS, REQUEST_DIM, REQUEST_RELATIONS, REQUEST_SIZES,
+                                    TARGET_DIM, fold_angle, grasp_from_target, grasp_target, language_text,
+                                    patch_weights, request_vector)
 from dino_vla.policy.train import TrainSettings, train
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import CAMERA_FRAME, catalogue_object, varied_scene
-from dino_vla.sim.tasks import TEMPLATES, TRAINING_SPLITS
+from dino_vla.sim.tasks import TEMPLATES, TRAINING_SPLITS, draw_task
 from dino_vla.types import CameraIntrinsics, Features, Grasp, Masks
 
 
@@ -118,13 +119,40 @@ def test_patch_weights_follow_the_centre_crop():
     assert np.allclose(w[:, :8], 1.0) and np.allclose(w[:, 8:], 0.0)
 
 
+def test_language_tokens_read_the_parse_not_the_wording():
+    a = parse("could you please grab the big red mug to the left of the box")
+    b = parse("big red mug left of box: lift it")
+    assert language_text(a) == language_text(b) == "big red mug, left of, box"
+    assert np.array_equal(request_vector(a), request_vector(b))
+    assert language_text(parse("take the cup between the can and the bowl")) == "cup, between, can and bowl"
+    assert language_text(parse("grab the cup nearest to the robot")) == "cup, nearest to the robot"
+
+
+def test_request_vector_is_one_hots_of_colour_size_and_relation():
+    def parts(text):
+        v = request_vector(parse(text))
+        c, z = len(REQUEST_COLOURS), len(REQUEST_SIZES)
+        return (REQUEST_COLOURS[int(v[:c].argmax())], REQUEST_SIZES[int(v[c:c + z].argmax())],
+                REQUEST_RELATIONS[int(v[c + z:-1].argmax())], v[-1], v[:-1].sum())
+
+    assert parts("pick up the cup") == ("", "", "", 0.0, 3.0)
+    assert parts("grab the small green cup") == ("green", "small", "", 0.0, 3.0)
+    # a colour the camera's colour names do not cover is "other", not "none asked"
+    assert parts("grab the brown cup")[0] == "other"
+    assert parts("grab the cup behind the box")[2] == "behind"
+    assert parts("grab the cup farthest from the robot")[2:4] == ("farthest", 1.0)
+    assert parts("grab the cup farthest from the camera")[2:4] == ("farthest", 0.0)
+    assert request_vector(parse("pick up the cup")).shape == (REQUEST_DIM,)
+
+
 # ---- network ------------------------------------------------------------------------------------------------
 
 def test_network_shapes_padding_and_normalisation():
     torch.manual_seed(0)
     net = GraspPolicyNet(PolicyConfig(vision_dim=8, language_dim=12, d_model=16, heads=2)).eval()
     rng = np.random.default_rng(0)
-    batch = collate([rng.normal(size=(5, 12)), rng.normal(size=(3, 12))], [rng.normal(size=(64, 8))] * 2,
+    requests = [rng.normal(size=REQUEST_DIM), rng.normal(size=REQUEST_DIM)]
+    batch = collate([rng.normal(size=(5, 12)), rng.normal(size=(3, 12))], requests, [rng.normal(size=(16, 8))] * 2,
                     [rng.normal(size=(4, GEOMETRY_DIM)), rng.normal(size=(2, GEOMETRY_DIM))],
                     [rng.normal(size=(4, 8)), rng.normal(size=(2, 8))], [np.ones(4), np.ones(2)])
     logits, targets = net(batch)
@@ -132,7 +160,8 @@ def test_network_shapes_padding_and_normalisation():
     assert logits.shape == (2, 5) and targets.shape == (2, 4, TARGET_DIM)
     assert torch.isinf(logits[1, 3:]).all() and torch.isfinite(logits[0]).all() and torch.isfinite(logits[:, 0]).all()
     # padding must not change a shorter sample's outputs
-    alone = collate([batch.language[1, :3].numpy()], [batch.vision[1].numpy()], [batch.geometry[1, :2].numpy()],
+    alone = collate([batch.language[1, :3].numpy()], [requests[1]], [batch.vision[1].numpy()],
+                    [batch.geometry[1, :2].numpy()],
                     [batch.pooled[1, :2].numpy()], [np.ones(2)])
     assert torch.allclose(net(alone)[0][0], logits[1, :3], atol=1e-5)
     values = torch.as_tensor(rng.normal([0.0, 0.01, -0.02, 0.1, 0.08], [0.01, 0.01, 0.02, 0.3, 0.01],
@@ -140,6 +169,23 @@ def test_network_shapes_padding_and_normalisation():
     net.fit_statistics(rng.normal(size=(50, GEOMETRY_DIM)), values.numpy())
     assert torch.allclose(net.denormalise_targets(net.normalise_targets(values)), values, atol=1e-6)
     assert net.normalise_targets(values).std(0).sub(1).abs().max() < 1e-3
+
+
+def test_network_is_blind_to_object_order_and_sees_relative_positions():
+    torch.manual_seed(0)
+    net = GraspPolicyNet(PolicyConfig(vision_dim=8, language_dim=12, d_model=16, heads=2)).eval()
+    rng = np.random.default_rng(1)
+    geometry = rng.normal(size=(4, GEOMETRY_DIM))
+    pooled = rng.normal(size=(4, 8))
+    inputs = ([rng.normal(size=(5, 12))], [rng.normal(size=REQUEST_DIM)], [rng.normal(size=(16, 8))])
+    logits = net(collate(*inputs, [geometry], [pooled], [np.ones(4)]))[0][0]
+    order = [2, 0, 3, 1]
+    shuffled = net(collate(*inputs, [geometry[order]], [pooled[order]], [np.ones(4)]))[0][0]
+    assert torch.allclose(shuffled[1:], logits[1:][order], atol=1e-5) and torch.isclose(shuffled[0], logits[0])
+    # moving one object away from the others changes the pair bias, so every choice's score
+    moved = geometry.copy()
+    moved[3, :2] += 0.3
+    assert not torch.allclose(net(collate(*inputs, [moved], [pooled], [np.ones(4)]))[0][0][1:3], logits[1:3])
 
 
 def test_config_rejects_bad_sizes():
@@ -161,19 +207,25 @@ def demos(tmp_path_factory):
 
 def test_recorded_demonstrations_name_their_target_or_nothing(demos):
     ds = Dataset(demos)
-    absent = 0
+    absent = coloured_absent = 0
     for e in ds.episodes:
         frame = ds.frame(e.frame_index)
         noun = parse(e.instruction).target.noun
         categories = {name.split("_")[0] for name in frame.objects}    # instance names: "cup", "cup_2"
         assert e.extra["split"] in TRAINING_SPLITS
         if e.target_object == ABSENT:
+            # nothing in the scene is both the noun and (when one is asked for) the colour
+            asked = parse(e.instruction).target
+            spec = draw_task(e.extra["split"], e.extra["seed"], "train").spec
+            assert not [o for o in spec.objects if o.kind.answers_to(asked.noun)
+                        and asked.colour in (None, o.kind.colour)], e.instruction
             absent += 1
+            coloured_absent += asked.colour is not None
             continue
         name = frame.objects[e.target_object]
         assert name == e.extra["target"] and catalogue_object(name.split("_")[0]).answers_to(noun)
         assert frame.mask(e.target_object).sum() > 30 and name.split("_")[0] in categories
-    assert 0 < absent < len(ds.episodes)
+    assert 0 < absent < len(ds.episodes) and coloured_absent > 0
 
 
 def test_tiny_policy_overfits_a_few_demonstrations(demos, tiny_models, tmp_path):
