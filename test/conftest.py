@@ -141,19 +141,18 @@ def image(request, coffee, odd_image) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def dds_env():
-    """The loopback DDS profile on a random domain, for this test process (a participant too) and the
-    node processes it starts."""
-    import random
-
+    """The loopback DDS profile on a free ROS domain, held for the module (as the commands claim theirs), for
+    this test process (a participant too) and the node processes it starts."""
     import rclpy
 
-    from dino_vla.dds import loopback_environment
+    from dino_vla.dds import claim_free_domain, loopback_environment
 
-    env = loopback_environment(domain_id=random.randint(1, 100))
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    rclpy.init()
-    yield env
-    rclpy.shutdown()
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    with claim_free_domain() as domain:
+        env = loopback_environment(domain_id=domain.domain_id)
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        rclpy.init()
+        yield env
+        rclpy.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
