@@ -1,14 +1,17 @@
 """What the subcommands share: the repeatable --config, --device and --models, reading and validating the
 parameters, choosing between pretrained weights, tiny random-weight models and the simulator's stand-in
-(each said to the user up front), reading images, the loopback DDS environment, and one way to fail.
+(each said to the user up front), reading images, the loopback DDS environment on a ROS domain of the
+command's own, and one way to fail.
 
 Nothing outside dino_vla/cli.py and dino_vla/commands imports this: library code takes typed arguments."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Iterator, NoReturn
 
 from dino_vla.config import MODEL_CHOICES
 
@@ -134,8 +137,24 @@ def load_image(path: str):
         fail(f"cannot read image {path!r}: {err}")
 
 
+def domain_choice(text: str) -> str | int:
+    """--domain-id: `free`, `env` or a domain id."""
+    from dino_vla.dds import parse_domain_id
+
+    if text in ("free", "env"):
+        return text
+    try:
+        return parse_domain_id(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{err} (or 'free' or 'env')") from None
+
+
 def add_dds_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dds-profile", help="Fast DDS profile (default: config/fastdds_loopback.xml)")
+    parser.add_argument("--domain-id", type=domain_choice, default="free", metavar="free|env|N",
+                        help="ROS domain of the nodes started here. free (default): one that no graph on this "
+                             "host uses, held until the command ends, so only the servers started here answer; "
+                             "N (0..232): that domain, e.g. to join a robot's graph; env: $ROS_DOMAIN_ID")
 
 
 def loopback_environment(args: argparse.Namespace) -> dict[str, str]:
@@ -146,5 +165,37 @@ def loopback_environment(args: argparse.Namespace) -> dict[str, str]:
     try:
         return environment(args.dds_profile)
     except DdsProfileError as err:
-        print(f"dino-vla {args.command}: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        refuse_dds(args, str(err))
+
+
+@contextmanager
+def on_ros_domain(args: argparse.Namespace, env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """`env` on the ROS domain --domain-id names, said in one line on stderr. A free domain stays claimed
+    until the block ends. Exit code 2 when no domain is free or `env` finds no valid $ROS_DOMAIN_ID."""
+    from dino_vla.dds import DOMAIN_ENV, DomainError, claim_free_domain, parse_domain_id
+
+    with ExitStack() as held:
+        if args.domain_id == "free":
+            try:
+                domain_id = held.enter_context(claim_free_domain()).domain_id
+            except DomainError as err:
+                refuse_dds(args, str(err))
+            how = "free; --domain-id to choose"
+        elif args.domain_id == "env":
+            named = os.environ.get(DOMAIN_ENV)
+            if named is None:
+                refuse_dds(args, f"--domain-id env: {DOMAIN_ENV} is not set")
+            try:
+                domain_id = parse_domain_id(named)
+            except ValueError as err:
+                refuse_dds(args, f"--domain-id env: {DOMAIN_ENV}: {err}")
+            how = f"{DOMAIN_ENV} from the environment"
+        else:
+            domain_id, how = args.domain_id, f"--domain-id {args.domain_id}"
+        print(f"ROS domain {domain_id} ({how})", file=sys.stderr, flush=True)
+        yield {**env, DOMAIN_ENV: str(domain_id)}
+
+
+def refuse_dds(args: argparse.Namespace, message: str) -> NoReturn:
+    print(f"dino-vla {args.command}: {message}", file=sys.stderr)
+    raise SystemExit(2)

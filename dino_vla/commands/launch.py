@@ -8,7 +8,7 @@ import sys
 import time
 
 from dino_vla.commands.common import (add_config_option, add_dds_option, add_model_options, choose_models,
-                                      config_files, load_params, loopback_environment)
+                                      config_files, load_params, loopback_environment, on_ros_domain)
 
 
 def add_parser(subparsers) -> None:
@@ -32,22 +32,24 @@ def main(args: argparse.Namespace) -> int:
     choice = choose_models(args, load_params(args), tuple(spec.name for spec in PERCEPTION_GRAPH))
     models = {spec.name: choice.params[spec.name]["model"] for spec in PERCEPTION_GRAPH} \
         if choice.random_weights else None
-    graph = start_graph(files, env, camera=CameraTopics(image=args.image_topic), namespace=args.namespace,
-                        instruction=args.instruction, device=args.device, models=models)
-    print(f"dino-vla launch: started {', '.join(graph.processes)} on {args.image_topic} "
-          f"(DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}); Ctrl-C stops them", flush=True)
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    try:
-        while not stop["now"]:
-            failed = graph.failed()
-            if failed:
-                print(f"dino-vla launch: node {failed[0]} exited with code {failed[1]}; stopping the graph",
-                      file=sys.stderr)
-                return failed[1] or 1
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        graph.stop()
+    with on_ros_domain(args, env) as env:
+        graph = start_graph(files, env, camera=CameraTopics(image=args.image_topic), namespace=args.namespace,
+                            instruction=args.instruction, device=args.device, models=models)
+        print(f"dino-vla launch: started {', '.join(graph.processes)} on {args.image_topic} (ROS domain "
+              f"{env['ROS_DOMAIN_ID']}, DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}); Ctrl-C stops them",
+              flush=True)
+        stop = {"now": False}
+        signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+        try:
+            while not stop["now"]:
+                failed = graph.failed()
+                if failed:
+                    print(f"dino-vla launch: node {failed[0]} exited with code {failed[1]}; stopping the graph",
+                          file=sys.stderr)
+                    return failed[1] or 1
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            graph.stop()
     return 0

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from dino_vla.commands.common import (add_config_option, add_dds_option, add_perception_option, choose_perception,
-                                      config_files, load_params, loopback_environment)
+                                      config_files, load_params, loopback_environment, on_ros_domain)
 
 
 def add_parser(subparsers) -> None:
@@ -44,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
     node_params["sim"]["seed"] = args.seed
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "nodes.log", "w") as log:
+    with open(out_dir / "nodes.log", "w") as log, on_ros_domain(args, env) as env:
         try:
             record = pick_in_graph(args.instruction, files, env, pick_graph(True, model_perception, args.grasp_source),
                                    node_params, log, args.timeout, args.device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
+import re
 import signal
 import subprocess
 import sys
@@ -21,14 +21,16 @@ from dino_vla.sim.tasks import SPLITS, draw_task
 DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
 COMMANDS = ("sim-pick", "detect", "parse", "bench", "bench-pick", "launch", "record-sim", "train", "eval")
 TEST_SET = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"
+UNCLAIMED_DOMAIN = 232
 
 
 @pytest.fixture(scope="module")
 def env(tiny_cache_home, tiny_models):
     """The user's environment here: no hub, the tiny models already built where `--models auto` falls back
-    to them, MuJoCo rendering offscreen, and a ROS domain of this test's own."""
+    to them, and MuJoCo rendering offscreen. Its ROS_DOMAIN_ID (outside the free range 1..101) is one the
+    commands must not take: they claim a free domain unless told `--domain-id env`."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tiny_cache_home), "MUJOCO_GL": "egl",
-            "ROS_DOMAIN_ID": str(random.randint(101, 200)), "OMP_NUM_THREADS": "1"}
+            "ROS_DOMAIN_ID": str(UNCLAIMED_DOMAIN), "OMP_NUM_THREADS": "1"}
 
 
 def dino_vla(*args: str, env: dict, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -303,11 +305,46 @@ def test_sim_pick(env, tmp_path):
                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr + (tmp_path / "record" / "nodes.log").read_text()[-3000:]
     assert first_line(result.stderr).startswith("NOTICE: no pretrained weights")
+    assert re.search(r"^ROS domain \d+ \(free; --domain-id to choose\)$", result.stderr, re.MULTILINE)
     summary = json.loads(result.stdout)
     assert summary["success"] and summary["lifted_object"] == "cup"
     assert summary["perception_source"] == "simulator ground truth"
     for name in ("summary.json", "perceived.png", "after.png", "nodes.log"):
         assert (tmp_path / "record" / name).is_file(), name
+
+
+@pytest.mark.dds
+def test_two_sim_picks_at_once_each_pick_in_its_own_scene(env, tmp_path):
+    """Two graphs on one host: each sim-pick claims a domain of its own, so each goal is answered by the pick
+    server it started, in its own scene. The scenes are chosen so that a goal answered by the other graph
+    fails: seed 1 has a box and no bottle, seed 0 a bottle and no box."""
+    from dino_vla.sim.scene import random_scene
+
+    runs = {"box": (1, "grab the box"), "bottle": (0, "pick up the bottle")}
+    started = {target: subprocess.Popen(
+        [DINO_VLA, "sim-pick", "--seed", str(seed), "--instruction", instruction, "--out", target], env=env,
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for target, (seed, instruction)
+        in runs.items()}
+    domains = {}
+    try:
+        for target, process in started.items():
+            stdout, stderr = process.communicate(timeout=500)
+            assert process.returncode == 0, stderr + (tmp_path / target / "nodes.log").read_text()[-3000:]
+            domains[target] = int(re.search(r"^ROS domain (\d+) \(free; --domain-id to choose\)$", stderr,
+                                            re.MULTILINE).group(1))
+            summary = json.loads(stdout)
+            assert json.loads((tmp_path / target / "summary.json").read_text()) == summary
+            assert summary["success"] and summary["chosen_object"] == summary["lifted_object"] == target
+            # where config/sim.yaml's scene (target cup, 3 distractors) of this seed has the object
+            placed = random_scene(runs[target][0], target="cup", n_distractors=3).get(target)
+            grasp = summary["grasp"]["position_m"]
+            assert np.hypot(grasp[0] - placed.x, grasp[1] - placed.y) < 0.02, (target, grasp, placed)
+    finally:
+        for process in started.values():   # its nodes get SIGINT when it dies
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert domains["box"] != domains["bottle"] and UNCLAIMED_DOMAIN not in domains.values(), domains
 
 
 def test_sim_pick_refuses_a_missing_dds_profile(env, tmp_path):
@@ -324,8 +361,8 @@ def test_launch_refuses_a_missing_dds_profile(env, tmp_path):
 
 @pytest.mark.dds
 def test_launch_serves_masks_and_stops_on_ctrl_c(env, dds_env, tmp_path, coffee):
-    """`dino-vla launch` with the tiny models: an image published on the camera topic comes back as masks;
-    Ctrl-C (SIGINT) stops every node and the launcher exits 0."""
+    """`dino-vla launch` with the tiny models, on this test's domain (`--domain-id env`): an image published on
+    the camera topic comes back as masks; Ctrl-C (SIGINT) stops every node and the launcher exits 0."""
     import rclpy
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image as ImageMsg
@@ -335,7 +372,7 @@ def test_launch_serves_masks_and_stops_on_ctrl_c(env, dds_env, tmp_path, coffee)
 
     log = tmp_path / "launch.log"
     with open(log, "w") as out:   # the nodes write here too
-        launcher = subprocess.Popen([DINO_VLA, "launch", "--instruction", "pick up the cup"],
+        launcher = subprocess.Popen([DINO_VLA, "launch", "--instruction", "pick up the cup", "--domain-id", "env"],
                                     env={**env, **dds_env}, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
     node = rclpy.create_node("e2e_launch_probe")
     try:
@@ -343,6 +380,7 @@ def test_launch_serves_masks_and_stops_on_ctrl_c(env, dds_env, tmp_path, coffee)
         while "dino-vla launch: started" not in log.read_text() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert "dino-vla launch: started features, detector, segmenter" in log.read_text(), log.read_text()
+        assert f"ROS domain {dds_env['ROS_DOMAIN_ID']} (ROS_DOMAIN_ID from the environment)" in log.read_text()
         masks: list = []
         node.create_subscription(SegmentationMasks, "masks", masks.append, 10)
         camera = node.create_publisher(ImageMsg, "/camera/color/image_raw", qos_profile_sensor_data)
