@@ -61,7 +61,8 @@ class PickClient:
         self.goal_statuses: dict[bytes, int] = {}
         self.node.create_subscription(Image, camera.image, self._on_image, 5)
         self.node.create_subscription(SegmentationMasks, "masks", self._on_masks, 5)
-        self.node.create_subscription(GoalStatusArray, f"{action}/_action/status", self._on_statuses,
+        self.status_topic = self.node.resolve_topic_name(f"{action}/_action/status")
+        self.node.create_subscription(GoalStatusArray, self.status_topic, self._on_statuses,
                                       qos_profile_action_status_default)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
@@ -102,6 +103,10 @@ class PickClient:
         if not self.spin_until(lambda: all(map(ready, waiting)), timeout_s, graph):
             raise RuntimeError(f"node(s) {', '.join(s.name for s in waiting if not ready(s))} not ready within "
                                f"{timeout_s:g} s")
+
+    def server_count(self) -> int:
+        """How many action servers of this client's action are discovered (each publishes its status)."""
+        return self.node.count_publishers(self.status_topic)
 
     def pick(self, instruction: str, timeout_s: float, graph: RunningGraph | None = None) -> PickRecord:
         if not self.spin_until(self.client.server_is_ready, 120.0, graph):
@@ -208,6 +213,13 @@ def pick_in_graph(instruction: str, params_files: list[str], env: dict[str, str]
     client = PickClient()
     try:
         client.wait_for_nodes(specs, graph=graph)
+        # On a domain shared with another graph (a --domain-id chosen by hand) a goal could be answered by its
+        # pick server instead; its server is discovered by now when it already runs.
+        servers = client.server_count()
+        if servers > 1:
+            raise RuntimeError(f"{servers} pick action servers on ROS domain {env.get('ROS_DOMAIN_ID')}, "
+                               f"one of them started here: another graph shares the domain, so a goal could go "
+                               f"to its server; use a free domain (--domain-id free)")
         return client.pick(instruction, timeout_s, graph)
     finally:
         client.close()

@@ -197,3 +197,19 @@ def test_dds_sockets_stay_on_loopback(graph):
     for pid in [os.getpid()] + [p.pid for p in running.processes.values()]:
         sockets = udp_sockets(pid)
         assert sockets and all(addr in ("127.0.0.1", "::1") for addr, _ in sockets), f"pid {pid}: {sockets}"
+
+
+def test_a_second_pick_server_on_the_domain_is_counted(graph, dds_env, tmp_path):
+    """What `sim-pick` checks before it sends its goal: another graph's pick server on the same domain (one
+    chosen by hand with --domain-id) shows as a second server of /pick, and is gone once that node stops."""
+    _, client, _, _ = graph
+    assert client.server_count() == 1
+    with open(tmp_path / "other.log", "w+") as log:
+        other = start_graph(CONFIG, dds_env, specs=(PICK,), stdout=log, stderr=subprocess.STDOUT)
+        try:
+            counted = client.spin_until(lambda: client.server_count() == 2, 60, other)
+            log.seek(0)
+            assert counted, log.read()[-3000:]
+        finally:
+            other.stop()
+    assert client.spin_until(lambda: client.server_count() == 1, 20)
