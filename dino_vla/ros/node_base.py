@@ -3,15 +3,18 @@ camera QoS, a main() with exit codes. No torch here: the geometric nodes (locali
 it; the model nodes' base is ros/perception_node.py."""
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Any
 
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
                                 SetParametersResult)
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 
 from dino_vla.config import NODE_PARAMS, ConfigError, ParamSpec, validate_params
 from dino_vla.dds import DdsProfileError, require_profile_if_named
@@ -45,6 +48,17 @@ def camera_qos(reliability: str, depth: int = 1) -> QoSProfile:
                       else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
+class _JoiningMultiThreadedExecutor(MultiThreadedExecutor):
+    """rclpy 9's Executor.shutdown() destroys its guard condition without waiting for the callbacks still
+    running (its wait is skipped once it has marked itself shut down); a worker that then signals that guard
+    condition fails ("The following exception was never retrieved: cannot use Destroyable ..."). So the
+    worker threads (its thread pool, `_executor`) are joined first."""
+
+    def shutdown(self, timeout_sec: float | None = None, *, wait_for_threads: bool = True) -> bool:
+        self._executor.shutdown(wait=True)
+        return super().shutdown(timeout_sec, wait_for_threads=wait_for_threads)
+
+
 class ConfiguredNode(Node):
     """A node whose parameters are declared from config.NODE_PARAMS[STAGE] (descriptions, ranges,
     read-only) and validated again on every run-time change."""
@@ -76,27 +90,57 @@ class ConfiguredNode(Node):
     def apply_parameters(self, updated: dict[str, Any]) -> None:
         """Subclasses apply run-time changes here (raise ValueError to reject them)."""
 
+    def stop(self) -> None:
+        """Asked to stop (SIGINT or SIGTERM): callbacks that wait for long end their waits here. Called once,
+        before run_node waits for the running callbacks, while the node can still publish."""
+
 
 def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> int:
-    """Exit codes: 0 clean shutdown, 1 model or parameter error, 2 unsafe DDS configuration."""
+    """Exit codes: 0 clean shutdown, 1 model or parameter error, 2 unsafe DDS configuration.
+
+    SIGINT and SIGTERM stop the node in this order: no new callbacks, the running ones end, then the node and
+    the context go. rclpy's own handlers are not used: they shut the context down from their own thread at
+    once, so a callback still running fails at its next publish ("publisher's context is invalid", exit 1).
+    Under SIGINT a KeyboardInterrupt used to end the callback first, but not under SIGTERM (what ros2 launch
+    sends a node still running 5 s after SIGINT) nor when SIGINT came inherited as ignored (`ros2 launch ... &`
+    from a script: rclpy catches it all the same, Python raises nothing)."""
     try:
         require_profile_if_named()
     except DdsProfileError as err:
         print(f"[{node_cls.STAGE}] FATAL: {err}", file=sys.stderr)
         return 2
-    rclpy.init(args=args if args is not None else sys.argv)
-    stop_with_launcher()   # after init, so that the SIGINT it may send finds rclpy's handler
-    node = None
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    # while the node is built no callback runs yet, so a signal may simply cut that short (a model load can
+    # take minutes)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.default_int_handler)
+    stop_with_launcher()   # after the handlers, so that the SIGINT it may send is caught
+    node = executor = None
     try:
         node = node_cls()
+        stop_requested = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop_requested.set())
         # a node whose callbacks wait on other callbacks (the pick action) needs more than one thread
-        rclpy.spin(node, executor=MultiThreadedExecutor(num_threads=4) if node_cls.MULTI_THREADED else None)
+        executor = _JoiningMultiThreadedExecutor(num_threads=4) if node_cls.MULTI_THREADED \
+            else SingleThreadedExecutor()
+        executor.add_node(node)
+        while not stop_requested.is_set():
+            executor.spin_once(timeout_sec=0.1)   # Python runs the signal handler when the wait returns
     except (ConfigError, *node_cls.STARTUP_ERRORS) as err:
         rclpy.logging.get_logger(node_cls.STAGE).fatal(str(err))
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except KeyboardInterrupt:
         pass
     finally:
+        # stopping already: a second signal (Ctrl-C pressed twice; a launch that stops the graph because
+        # another node exited) must not kill the teardown, nor Python's own teardown, which would restore
+        # SIGINT's default action for a Python handler but keeps an ignored signal ignored. SIGKILL still works.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+        if executor is not None:
+            node.stop()
+            executor.shutdown()   # the multi-threaded one waits for its running callbacks here
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()

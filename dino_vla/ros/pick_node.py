@@ -64,6 +64,7 @@ class PickNode(ConfiguredNode):
         self._awaited: int | None = None
         self._outcome: GraspOutcome | None = None
         self._busy = threading.Lock()
+        self._stopping = threading.Event()
         inputs = MutuallyExclusiveCallbackGroup()
         if self.params["grasp_source"] == "policy":
             self.create_subscription(GraspCommand, "policy/grasp", self.on_policy_grasp, 10, callback_group=inputs)
@@ -81,9 +82,11 @@ class PickNode(ConfiguredNode):
                                    callback_group=ReentrantCallbackGroup())
         self.get_logger().info(f"pick action ready (grasps from the {self.params['grasp_source']}, "
                                f"dry_run={self.params['dry_run']}, frame {self.params['target_frame']!r})")
+        self._startup_pick: threading.Thread | None = None
         if self.params["instruction"]:
-            threading.Thread(target=self.execute, args=(_StartupGoal(self, self.params["instruction"]),),
-                             daemon=True).start()
+            self._startup_pick = threading.Thread(target=self.execute,
+                                                  args=(_StartupGoal(self, self.params["instruction"]),), daemon=True)
+            self._startup_pick.start()
 
     def on_masked_depth(self, m: MaskedDepth) -> None:
         with self._changed:
@@ -105,6 +108,12 @@ class PickNode(ConfiguredNode):
         # the planner's gripper, workspace and localisation settings follow run-time changes
         self.planner = PickPlanner(PickSettings.from_params({**self.params, **updated}))  # ConfigError rejects
 
+    def stop(self) -> None:
+        # a pick waiting for perception or an outcome ends now (within _wait's 0.1 s), not at its timeout
+        self._stopping.set()
+        if self._startup_pick is not None:
+            self._startup_pick.join()
+
     def on_goal(self, _goal) -> GoalResponse:
         # one arm, one pick at a time
         return GoalResponse.REJECT if self._busy.locked() else GoalResponse.ACCEPT
@@ -115,6 +124,9 @@ class PickNode(ConfiguredNode):
             while (value := ready()) is None:
                 if goal_handle.is_cancel_requested:
                     raise PickCancelled()
+                if self._stopping.is_set():
+                    raise PickFailure("cancelled", "the pick node was stopped (SIGINT or SIGTERM) before the "
+                                                   "pick ended")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -141,7 +153,7 @@ class PickNode(ConfiguredNode):
                 self.get_logger().info(summary)
             else:
                 self.get_logger().warning(summary)
-            if result.failure_reason == "cancelled":
+            if goal_handle.is_cancel_requested and result.failure_reason == "cancelled":
                 goal_handle.canceled()
             elif result.success:
                 goal_handle.succeed()
