@@ -8,6 +8,10 @@ PY := $(VENV)/bin/python
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 INSTRUCTION ?= pick up the cup
+# The real ROS 2 launch, launch_ros and ros2 CLI (on no package index these machines reach) for test/launch,
+# built from the upstream sources kept beside this repository (CI clones ../shared there); without them those
+# tests are skipped. The product never needs them: on a ROS 2 site they come with the distribution.
+ROS2_UPSTREAM := ../shared/ros2/upstream/install.sh
 
 .PHONY: setup run test bench clean
 
@@ -36,6 +40,7 @@ setup: $(VENV)/.python-deps
 	  || { cat build.log; exit 1; }
 	@cmake --build build -j2 >> build.log 2>&1 && cmake --install build >> build.log 2>&1 \
 	  || { tail -50 build.log; exit 1; }
+	@if [ -f $(ROS2_UPSTREAM) ]; then bash $(ROS2_UPSTREAM) $(VENV); fi
 
 run: setup
 	@$(VENV)/bin/dino-vla sim-pick --instruction "$(INSTRUCTION)" --out out/sim_pick
