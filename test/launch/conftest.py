@@ -33,7 +33,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="module")
 def launch_env(dds_env) -> dict[str, str]:
     """What `ros2 launch` needs here: this venv as the ament prefix (the package's share/ and lib/), the
-    loopback DDS profile on this module's random domain (dds_env), no model hub, MuJoCo offscreen."""
+    loopback DDS profile on this module's free domain (dds_env), no model hub, MuJoCo offscreen."""
     return {**os.environ, **dds_env, "AMENT_PREFIX_PATH": sys.prefix,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "HF_HUB_OFFLINE": "1", "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}

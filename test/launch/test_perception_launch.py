@@ -1,4 +1,4 @@
-"""`ros2 launch dino_vla perception.launch.py` for real (loopback DDS, a random domain) with the tiny
+"""`ros2 launch dino_vla perception.launch.py` for real (loopback DDS, a free domain) with the tiny
 random-weight models: images published on its camera topic come back as detections and masks, and SIGINT ends
 it with every process exiting 0 within 10 s, also when it was started with SIGINT ignored."""
 from __future__ import annotations

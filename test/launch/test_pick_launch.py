@@ -1,4 +1,4 @@
-"""`ros2 launch dino_vla pick.launch.py` for real (loopback DDS, a random domain) with the tiny random-weight
+"""`ros2 launch dino_vla pick.launch.py` for real (loopback DDS, a free domain) with the tiny random-weight
 models, on the camera of a sim node started beside it: it answers a Pick goal from the launched models' masks,
 and SIGINT ends it with every process exiting 0 within 10 s, also when it was started with SIGINT ignored. A
 model that cannot load ends the whole launch at once, with the reason."""

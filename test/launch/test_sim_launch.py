@@ -1,4 +1,4 @@
-"""`ros2 launch dino_vla sim.launch.py perception:=ground-truth` for real (loopback DDS, a random domain): the
+"""`ros2 launch dino_vla sim.launch.py perception:=ground-truth` for real (loopback DDS, a free domain): the
 start-up pick lifts the cup, then SIGINT ends the launch with every process exiting 0 within 10 s, also when
 the launch was started with SIGINT ignored."""
 from __future__ import annotations
