@@ -3,9 +3,11 @@ distribution; here `make setup` builds them into the venv only for test/launch).
 `sim-pick` start the same graph descriptions without them."""
 from __future__ import annotations
 
-from typing import Callable
+import os
+from typing import Any, Callable
 
 import launch.logging
+from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction
 from launch.events import Shutdown
@@ -13,6 +15,13 @@ from launch.events.process import ProcessExited
 from launch_ros.actions import Node
 
 from dino_vla.graph import CameraTopics, NodeSpec, remappings
+
+# rviz:=true starts RViz 2 with config/dino_vla.rviz. The config names the graph's outputs without a namespace
+# and the default camera image; rviz_node remaps them to the launch's namespace and camera topic.
+RVIZ_ARGUMENT = ("false", "true: also start rviz2 with config/dino_vla.rviz (camera and debug images, the "
+                          "localiser's markers and object cloud, the grasp poses)")
+RVIZ_GRAPH_TOPICS = ("/features/debug_image", "/detector/debug_image", "/segmenter/debug_image", "/markers",
+                     "/object_cloud", "/grasp_pose", "/policy/grasp_pose")
 
 
 def end_launch_when_exited(node_name: str) -> Callable[[ProcessExited, LaunchContext], list | None]:
@@ -38,11 +47,40 @@ def node_actions(specs: tuple[NodeSpec, ...], namespace: str, params_files: list
             for spec in specs]
 
 
+def rviz_config() -> str:
+    return os.path.join(get_package_share_directory("dino_vla"), "config", "dino_vla.rviz")
+
+
+def rviz_node(namespace: str = "", camera: CameraTopics = CameraTopics()) -> Node:
+    """rviz2 -d <share>/config/dino_vla.rviz, its topics remapped to the graph's namespace and camera. Not
+    required: closing RViz leaves the graph running."""
+    prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    remaps = [(topic, prefix + topic) for topic in RVIZ_GRAPH_TOPICS if prefix]
+    if camera.image != CameraTopics().image:
+        remaps.append((CameraTopics().image, camera.image))
+    return Node(package="rviz2", executable="rviz2", name="rviz2", namespace=namespace, output="screen",
+                arguments=["-d", rviz_config()], remappings=remaps)
+
+
+def is_true(name: str, value: str) -> bool:
+    if value.strip().lower() in ("true", "1"):
+        return True
+    if value.strip().lower() in ("false", "0"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 def launch_description(arguments: dict[str, tuple[str, str]], nodes: Callable) -> LaunchDescription:
-    """Declared arguments (name -> (default, description)), then nodes(values: dict) evaluated at launch."""
+    """Declared arguments (name -> (default, description)) plus `rviz`, then nodes(values: dict) evaluated at
+    launch, and with rviz:=true the rviz2 node on the same namespace and camera image."""
     def evaluate(context):
-        return nodes({name: context.launch_configurations[name] for name in arguments})
+        values: dict[str, Any] = {name: context.launch_configurations[name] for name in arguments}
+        actions = nodes(values)
+        if is_true("rviz", context.launch_configurations["rviz"]):
+            camera = CameraTopics(image=values.get("image_topic") or CameraTopics().image)
+            actions = [*actions, rviz_node(values.get("namespace", ""), camera)]
+        return actions
 
     return LaunchDescription([DeclareLaunchArgument(name, default_value=default, description=text)
-                              for name, (default, text) in arguments.items()]
+                              for name, (default, text) in {**arguments, "rviz": RVIZ_ARGUMENT}.items()]
                              + [OpaqueFunction(function=evaluate)])

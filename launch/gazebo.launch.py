@@ -1,5 +1,8 @@
 """ros2 launch dino_vla gazebo.launch.py instruction:="pick up the cup" [grasp_source:=policy]
 
+rviz:=true also starts RViz 2 with config/dino_vla.rviz (camera and debug images, markers, object cloud,
+grasp poses; launch_support.rviz_node).
+
 For sites with Gazebo Sim (Harmonic or later) and ros_gz: the table-top world dino_vla/sim/worlds/tabletop.sdf,
 a ros_gz_bridge from its RGB-D camera onto the RealSense-style topics, and the pick graph of
 dino_vla/graph.py with the detector + segmenter (pretrained weights needed). The world has no arm: grasp

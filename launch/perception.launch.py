@@ -1,5 +1,8 @@
 """ros2 launch dino_vla perception.launch.py instruction:="pick up the cup"
 
+rviz:=true also starts RViz 2 with config/dino_vla.rviz (camera and debug images, markers, object cloud,
+grasp poses; launch_support.rviz_node).
+
 Only the perception graph (features, detector, segmenter) of dino_vla/graph.py on a camera topic: the
 detection source for other robot stacks. `dino-vla launch` starts the same description here.
 DDS: this file uses the site's own DDS settings; it does not impose the loopback profile.

@@ -1,5 +1,8 @@
 """ros2 launch dino_vla pick.launch.py instruction:="pick up the cup" [grasp_source:=policy]
 
+rviz:=true also starts RViz 2 with config/dino_vla.rviz (camera and debug images, markers, object cloud,
+grasp poses; launch_support.rviz_node).
+
 Starts the pick graph of dino_vla/graph.py on a real robot's RGB-D camera: detector + segmenter (masks of
 what the instruction names), localiser (3D objects, clouds, RViz markers) and pick (the Pick action). With
 grasp_source:=policy the grasps come from the VLA policy node instead of the geometric planner, and the

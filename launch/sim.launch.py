@@ -1,5 +1,8 @@
 """ros2 launch dino_vla sim.launch.py instruction:="pick up the cup" perception:=ground-truth [grasp_source:=policy]
 
+rviz:=true also starts RViz 2 with config/dino_vla.rviz (camera image, markers, object cloud, grasp poses;
+launch_support.rviz_node).
+
 The simulated robot (MuJoCo table-top, sim node) with the pick graph of dino_vla/graph.py. perception:=models
 runs the detector + segmenter (pretrained weights needed); ground-truth lets the simulator's segmentation
 stand in for them (labelled "simulator ground truth" in every output). grasp_source:=policy takes the grasps

@@ -132,7 +132,7 @@ def test_every_third_party_import_of_the_tests_is_declared():
 def test_packages_the_launch_files_start_are_declared():
     kinds = declared()
     packages = ros_packages_started_by_launch()
-    assert {"ros_gz_sim", "ros_gz_bridge", "tf2_ros"} <= set(packages), packages   # the check sees them
+    assert {"ros_gz_sim", "ros_gz_bridge", "tf2_ros", "rviz2"} <= set(packages), packages   # the check sees them
     missing = [f"{package} ({', '.join(sorted(files))})" for package, files in sorted(packages.items())
                if not kinds[package] & set(RUN)]
     assert not missing, "launch files use ROS packages package.xml does not exec_depend on: " + ", ".join(missing)
