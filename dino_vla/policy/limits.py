@@ -76,10 +76,16 @@ class CommandLimits:
             notes.append(f"width {grasp.width:.3f} -> {width:.3f} m (max opening)")
         yaw = float(grasp.yaw)
         if previous is not None:
-            step = position - previous.position
+            start = np.clip(np.asarray(previous.position, np.float64), low, np.array(ws.max_xyz, np.float64))
+            if not np.array_equal(start, previous.position):
+                # the workspace was narrowed since: rate-limiting from outside would keep the setpoints outside
+                # for several periods, so the step starts at the nearest point of the current box
+                notes.append(f"previous setpoint {np.round(previous.position, 3).tolist()} is outside the workspace: "
+                             f"moved from {np.round(start, 3).tolist()}")
+            step = position - start
             distance, reach = float(np.linalg.norm(step)), self.max_speed_mps * dt_s
             if distance > reach:
-                position = previous.position + step * (reach / distance)
+                position = start + step * (reach / distance)
                 notes.append(f"moved {reach:.3f} of {distance:.3f} m (max speed {self.max_speed_mps:g} m/s)")
             turn, reach = yaw_difference(yaw, previous.yaw), self.max_yaw_rate_rps * dt_s
             if abs(turn) > reach:

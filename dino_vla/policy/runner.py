@@ -25,18 +25,22 @@ from dino_vla.types import Features, Grasp, Masks, RigidTransform
 
 @lru_cache(maxsize=16)
 def _weights_digest(directory: str) -> str | None:
-    path = Path(directory) / "model.safetensors"
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    try:
+        path = Path(directory) / "model.safetensors"
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    except (OSError, ValueError):   # a name too long for a path, a NUL byte, no permission: not a directory here
+        return None
 
 
-def same_weights(a: str, b: str) -> bool:
+def same_weights(a: str, b: str, local: frozenset[str] = frozenset()) -> bool:
     """Whether two model sources (hub ids or save_pretrained directories) hold the same weights: equal
     names, or directories whose model.safetensors are byte for byte equal (a checkpoint's copy of a
-    random-weight backbone and the original)."""
+    random-weight backbone and the original). Only sources named in `local` are read from disk: a name that
+    came over the wire (DinoFeatures.model) is a name, never a path this process opens."""
     if a == b:
         return True
-    digest = _weights_digest(a) if Path(a).is_dir() else None
-    return digest is not None and digest == (_weights_digest(b) if Path(b).is_dir() else None)
+    digests = [_weights_digest(s) if s in local else None for s in (a, b)]
+    return digests[0] is not None and digests[0] == digests[1]
 
 
 class PolicyFailure(PickFailure):
@@ -71,27 +75,30 @@ class GraspPolicy:
     def backbone(self) -> str:
         return self.info.backbone
 
-    def check_features(self, features: Features) -> None:
-        """Features from another backbone than the policy's mean nothing to it: refuse them."""
+    def check_features(self, features: Features, local_features: bool = False) -> None:
+        """Features from another backbone than the policy's mean nothing to it: refuse them. `local_features`:
+        features.model was set in this process (not received), so a directory holding the same weights as the
+        backbone under another name counts as the backbone; a received name must equal it."""
         dim = features.patch_tokens.shape[-1]
         if dim != self.info.config.vision_dim:
             raise PolicyFailure("feature_mismatch", f"features are {dim}-d, the policy was trained on "
                                 f"{self.info.config.vision_dim}-d features of {self.backbone}")
-        if features.model and not same_weights(features.model, self.backbone):
+        readable = frozenset({self.backbone, features.model} if local_features else {self.backbone})
+        if features.model and not same_weights(features.model, self.backbone, readable):
             raise PolicyFailure("feature_mismatch", f"features come from {features.model!r}, the policy "
                                 f"was trained on {self.backbone!r}")
 
     def decide(self, instruction: str, features: Features, frame: DepthFrame, masks: Masks,
-               camera_to_base: RigidTransform) -> PolicyDecision:
+               camera_to_base: RigidTransform, local_features: bool = False) -> PolicyDecision:
         """The grasp of the object the instruction names; PolicyFailure no_object when the network chooses
-        "none of these" (the named object is not among the masks)."""
+        "none of these" (the named object is not among the masks). local_features: see check_features."""
         start = time.perf_counter()
         try:
             parsed = parse(instruction)
         except InstructionError as err:
             raise PolicyFailure("bad_instruction", str(err)) from None
         target = parsed.target.phrase
-        self.check_features(features)
+        self.check_features(features, local_features)
         if len(masks) == 0:
             raise PolicyFailure("no_object", "no object masks in this frame")
         objects = object_tokens(features, frame, masks.masks, camera_to_base, self.info.config.view, masks.colours)

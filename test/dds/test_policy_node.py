@@ -119,9 +119,10 @@ def checkpoint(tiny_models, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def observation(tiny_models, tmp_path_factory):
+def observation(checkpoint, tmp_path_factory):
     s = settled_frame(3, tmp_path_factory.mktemp("mujoco"))
-    features = FeaturesModel.load(tiny_models.features, device="cpu").extract(s.frame.rgb)
+    # the weights the graph's features node runs: the checkpoint's backbone (pick_graph_params)
+    features = FeaturesModel.load(read_info(checkpoint).backbone, device="cpu").extract(s.frame.rgb)
     return {"rgb": s.frame.rgb, "features": features, "depth": s.frame.depth, "intrinsics": s.intrinsics,
             "detections": class_agnostic(s.detections), "masks": s.masks}
 

@@ -280,7 +280,8 @@ def sim_observation(tiny_models):
 def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation):
     names, masks, depth, features, camera_pose = sim_observation
     policy = GraspPolicy.load(random_checkpoint(tmp_path / "ck", tiny_models.features), device="cpu")
-    decision = policy.decide("pick up the cup", features, depth, masks, camera_pose)
+    # the features' model is the original directory, the checkpoint's backbone its copy: the same weights
+    decision = policy.decide("pick up the cup", features, depth, masks, camera_pose, local_features=True)
     assert 0 <= decision.object_index < len(names) and 0 < decision.confidence <= 1
     assert decision.grasp.frame == "base_link" and decision.grasp.phrase == "cup" and decision.grasp.width >= 0
     # the grasp is near the chosen object: the network only adds an offset to its box
@@ -290,10 +291,11 @@ def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation
     assert err.value.reason == "bad_instruction"
     refusing = GraspPolicy.load(random_checkpoint(tmp_path / "no", tiny_models.features, refuses=True), device="cpu")
     with pytest.raises(PolicyFailure, match="finds no 'cup' among the") as err:
-        refusing.decide("pick up the cup", features, depth, masks, camera_pose)
+        refusing.decide("pick up the cup", features, depth, masks, camera_pose, local_features=True)
     assert err.value.reason == "no_object"
     with pytest.raises(PolicyFailure) as err:
-        policy.decide("pick up the cup", features, depth, Masks(masks.masks[:0], masks.scores[:0]), camera_pose)
+        policy.decide("pick up the cup", features, depth, Masks(masks.masks[:0], masks.scores[:0]), camera_pose,
+                      local_features=True)
     assert err.value.reason == "no_object"
     wide = Features(features.cls, np.zeros((16, 16, 7), np.float32), 14, (224, 224), features.model)
     with pytest.raises(PolicyFailure, match="7-d") as err:
@@ -302,9 +304,16 @@ def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation
     other = Features(features.cls, features.patch_tokens, 14, (224, 224), "facebook/dinov2-small")
     with pytest.raises(PolicyFailure, match="trained on"):
         policy.decide("pick up the cup", other, depth, masks, camera_pose)
+    # a received name is never opened as a path (one too long for the filesystem once crashed the node), and
+    # a received directory of the same weights under another name does not count
+    for name in ("x" * 5000, "bad\0name", tiny_models.features):
+        received = Features(features.cls, features.patch_tokens, 14, (224, 224), name)
+        with pytest.raises(PolicyFailure, match="trained on") as err:
+            policy.decide("pick up the cup", received, depth, masks, camera_pose)
+        assert err.value.reason == "feature_mismatch"
     no_depth = DepthFrame(np.zeros_like(depth.metres), depth.intrinsics, depth.frame)
     with pytest.raises(PolicyFailure) as err:
-        policy.decide("pick up the cup", features, no_depth, masks, camera_pose)
+        policy.decide("pick up the cup", features, no_depth, masks, camera_pose, local_features=True)
     assert err.value.reason == "no_points"
 
 
