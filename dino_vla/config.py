@@ -202,6 +202,8 @@ NODE_PARAMS.update({
                   choices=("instruction", "all_objects")),
         ParamSpec("lift_m", 0.15, "how far a grasp lifts; success = the object rose 80 % of this",
                   range=(0.02, 0.5)),
+        ParamSpec("real_time_factor", 0.0, "grasps run at most this many times faster than real time, as an arm "
+                  "would (so a STOP can arrive mid-motion); 0 = as fast as the physics runs", range=(0.0, 100.0)),
     ),
     "policy": _camera_inputs() + _cell() + (
         ParamSpec("checkpoint", SHIPPED_CHECKPOINT, "policy checkpoint directory, or `shipped` for the one in the package "

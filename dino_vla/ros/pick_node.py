@@ -143,7 +143,8 @@ class PickNode(ConfiguredNode):
             except PickFailure as err:
                 result.failure_reason, result.message = err.reason, str(err)
             except PickCancelled:
-                result.failure_reason, result.message = "cancelled", "cancelled by the caller"
+                result.failure_reason, result.message = "cancelled", "cancelled by the caller; STOP sent"
+                self.send_stop("the Pick goal was cancelled")
             except Exception as err:  # a bug must still end the goal with a result that says so
                 self.get_logger().error(traceback.format_exc())
                 result.failure_reason, result.message = "internal_error", f"{type(err).__name__}: {err}"
@@ -160,6 +161,14 @@ class PickNode(ConfiguredNode):
             else:
                 goal_handle.abort()
             return result
+
+    def send_stop(self, why: str) -> None:
+        """STOP on grasp_command: an executor halts whatever it is doing (a cancelled goal's arm must not go on
+        to lift). Sent on every cancel, also before a grasp went out: stopping an idle arm is harmless."""
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params["target_frame"])
+        self.command_publisher.publish(GraspCommand(header=header, command=GraspCommand.STOP, dry_run=False,
+                                                    reason=why))
+        self.get_logger().warning(f"sent STOP on grasp_command: {why}")
 
     def _feedback(self, goal_handle, stage: str, detail: str = "") -> None:
         goal_handle.publish_feedback(Pick.Feedback(stage=stage, detail=detail))

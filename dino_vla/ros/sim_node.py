@@ -7,8 +7,12 @@ labelled "simulator ground truth", in place of the detector + segmenter: of the 
 the class-agnostic masks the policy takes)."""
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 from geometry_msgs.msg import Vector3
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
@@ -19,16 +23,20 @@ from dino_vla.ros.conversions import numpy_to_image
 from dino_vla.ros.messages import (camera_info_msg, detections_to_msg, grasp_from_msg, masks_to_msg,
                                    pose_msg)
 from dino_vla.ros.node_base import ConfiguredNode, run_node
-from dino_vla.sim.mujoco_sim import TabletopSim
+from dino_vla.sim.mujoco_sim import ExecutionStopped, TabletopSim
 from dino_vla.sim.scene import random_scene
 from dino_vla.sim.stand_in import SOURCE, class_agnostic, ground_truth_perception
 
 
 class SimNode(ConfiguredNode):
     STAGE = "sim"
+    # a STOP must be taken while a grasp executes; the sim itself is used by one callback at a time (_sim_lock)
+    MULTI_THREADED = True
 
     def __init__(self):
         super().__init__()
+        self._sim_lock = threading.Lock()
+        self._stop = threading.Event()
         self.sim: TabletopSim | None = None
         self.load_scene(self.params)
         self.query: GroundingQuery | None = None
@@ -39,17 +47,21 @@ class SimNode(ConfiguredNode):
         self.objects_publisher = self.create_publisher(DetectionArray, "sim/objects", 1)
         self.segmentation_publisher = self.create_publisher(SegmentationMasks, "sim/segmentation", 1)
         self.outcome_publisher = self.create_publisher(GraspOutcome, "grasp_outcome", 10)
-        self.create_subscription(GraspCommand, "grasp_command", self.on_command, 10)
+        self.create_subscription(GraspCommand, "grasp_command", self.on_command, 10,
+                                 callback_group=ReentrantCallbackGroup())
         self.create_subscription(String, "instruction", self.on_instruction, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.create_timer(1.0 / self.params["rate_hz"], self.publish_frame)
+        self.create_timer(1.0 / self.params["rate_hz"], self.publish_frame,
+                          callback_group=MutuallyExclusiveCallbackGroup())
 
     def load_scene(self, params) -> None:
         spec = random_scene(params["seed"], target=params["target"], n_distractors=params["distractors"])
-        if self.sim is not None:
-            self.sim.close()
-        self.sim = TabletopSim(spec, width=params["width"], height=params["height"])
-        self.sim.settle()
+        sim = TabletopSim(spec, width=params["width"], height=params["height"])
+        sim.settle()
+        with self._sim_lock:
+            if self.sim is not None:
+                self.sim.close()
+            self.sim = sim
         self.get_logger().info(f"scene seed {params['seed']}: {', '.join(spec.names)}")
 
     def apply_parameters(self, updated) -> None:
@@ -63,6 +75,10 @@ class SimNode(ConfiguredNode):
             self.get_logger().error(f"instruction ignored: {err}")
 
     def publish_frame(self) -> None:
+        with self._sim_lock:
+            self._publish_frame()
+
+    def _publish_frame(self) -> None:
         frame = self.sim.render()
         header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params["camera_frame"])
         self.image_publisher.publish(numpy_to_image(frame.rgb, "rgb8", header))
@@ -98,24 +114,56 @@ class SimNode(ConfiguredNode):
         return DetectionArray(header=header, detections=detections)
 
     def on_command(self, msg: GraspCommand) -> None:
+        if msg.command == GraspCommand.STOP:
+            self.on_stop(msg)
+            return
         outcome = GraspOutcome(header=msg.header, dry_run=msg.dry_run)
         if msg.dry_run:
             outcome.reason = "dry run: not executed"
         elif msg.command != GraspCommand.GRASP:
-            outcome.reason = "the simulator executes GRASP commands only"
+            outcome.reason = "the simulator executes GRASP and STOP commands only"
         elif msg.header.frame_id != self.params["base_frame"]:
             outcome.reason = f"grasp in {msg.header.frame_id!r}; the simulator takes {self.params['base_frame']!r}"
         else:
-            result = self.sim.execute(grasp_from_msg(msg), lift_m=self.params["lift_m"])
-            outcome.success, outcome.reason = result.success and result.matches_phrase, result.reason
-            outcome.lifted_object = result.lifted_object or ""
-            if result.success and not result.matches_phrase:
-                outcome.reason = f"lifted the {result.lifted_object}, which is not a {msg.object_class}"
-            outcome.lifted_m = float(max(result.lifted_m.values(), default=0.0) if not result.lifted_object
-                                     else result.lifted_m[result.lifted_object])
-            self.get_logger().info(f"grasp at {np.round(grasp_from_msg(msg).position, 3).tolist()}: "
-                                   f"{'lifted ' + outcome.lifted_object if outcome.success else outcome.reason}")
+            try:
+                grasp = grasp_from_msg(msg)
+            except ValueError as err:
+                outcome.reason = f"invalid command: {err}"
+                self.report(str(err), "grasp command refused")
+            else:
+                self.execute(grasp, msg, outcome)
         self.outcome_publisher.publish(outcome)
+
+    def on_stop(self, msg: GraspCommand) -> None:
+        """Stop the grasp in progress (it reports `cancelled`, gripper opened where it stopped); the STOP
+        itself is answered at once."""
+        running = self._sim_lock.locked()
+        self._stop.set()
+        reason = "stopped: the grasp in progress was stopped" if running else "stopped: nothing was moving"
+        self.get_logger().warning(f"STOP received: {reason}")
+        self.outcome_publisher.publish(GraspOutcome(header=msg.header, dry_run=msg.dry_run, reason=reason))
+
+    def execute(self, grasp, msg: GraspCommand, outcome: GraspOutcome) -> None:
+        factor = self.params["real_time_factor"]
+        with self._sim_lock:
+            self._stop.clear()
+            began = time.monotonic()
+
+            def step_hook(sim_s: float) -> None:
+                if self._stop.is_set():
+                    raise ExecutionStopped("a STOP command arrived; stopped and opened the gripper")
+                if factor > 0 and (ahead := sim_s / factor - (time.monotonic() - began)) > 0.005:
+                    time.sleep(ahead)
+
+            result = self.sim.execute(grasp, lift_m=self.params["lift_m"], step_hook=step_hook)
+        outcome.success, outcome.reason = result.success and result.matches_phrase, result.reason
+        outcome.lifted_object = result.lifted_object or ""
+        if result.success and not result.matches_phrase:
+            outcome.reason = f"lifted the {result.lifted_object}, which is not a {msg.object_class}"
+        outcome.lifted_m = float(max(result.lifted_m.values(), default=0.0) if not result.lifted_object
+                                 else result.lifted_m[result.lifted_object])
+        self.get_logger().info(f"grasp at {np.round(grasp.position, 3).tolist()}: "
+                               f"{'lifted ' + outcome.lifted_object if outcome.success else outcome.reason}")
 
 
 def main(args=None) -> int:

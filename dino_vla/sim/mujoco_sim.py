@@ -10,7 +10,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -64,6 +64,10 @@ class GraspOutcome:
     sim_s: float
 
 
+class ExecutionStopped(Exception):
+    """Raised by an execute() step hook to stop the grasp where it is."""
+
+
 class TabletopSim:
     """The scene of a SceneSpec in MuJoCo. base_link is the world frame (z up, table top at TABLE_HEIGHT)."""
 
@@ -87,6 +91,7 @@ class TabletopSim:
         # each instance's label in rendered segmentation images: 1 + its index in the spec (0 = no object)
         self.segmentation_ids = {name: k + 1 for k, name in enumerate(spec.names)}
         self._kinds = {o.name: o.kind for o in spec.objects}
+        self._step_hook: Callable[[], None] | None = None   # set while execute() runs
         self._geom_label = np.zeros(m.ngeom + 1, np.uint8)   # last entry: the -1 MuJoCo gives empty pixels
         for g, owner in enumerate(self._geom_owner):
             if owner in self._bodies:
@@ -207,9 +212,13 @@ class TabletopSim:
         return detections, Masks(np.asarray(masks, bool).reshape(n, h, w), np.ones(n, np.float32), tuple(colours))
 
     # ---- grasping ------------------------------------------------------------------------------------------
-    def execute(self, grasp: Grasp, lift_m: float = 0.15) -> GraspOutcome:
+    def execute(self, grasp: Grasp, lift_m: float = 0.15, step_hook: Callable[[float], None] | None = None
+                ) -> GraspOutcome:
         """Run a top-down grasp: open to grasp.width, travel above the grasp, descend straight down (stopping
         early on a hard contact, like a force-guarded move), close with a limited force, lift by lift_m, hold.
+        step_hook(sim seconds since the grasp began), when given, runs after every physics step: it may pace
+        the motion or raise ExecutionStopped, which holds the gripper where it is and opens it (outcome reason
+        `cancelled: ...`).
 
         The gripper only turns about z, so grasp.approach is not used: it always comes from above. The sim is
         left as the grasp ends (object in hand); reset() restores the layout."""
@@ -221,6 +230,23 @@ class TabletopSim:
         if target.shape != (3,) or not np.all(np.isfinite(target)) or not math.isfinite(grasp.yaw):
             raise ValueError(f"grasp position {grasp.position!r} / yaw {grasp.yaw!r} must be finite, position (3,)")
         wall0, sim0 = time.perf_counter(), float(self.data.time)
+        self._step_hook = None if step_hook is None else (lambda: step_hook(float(self.data.time) - sim0))
+        try:
+            return self._execute(grasp, target, lift_m, wall0, sim0)
+        except ExecutionStopped as stop:
+            d = self.data
+            self._step_hook = None
+            d.mocap_pos[self._mocap] = d.xpos[self._gripper]
+            d.ctrl[0] = GRIPPER_MAX_OPENING
+            self._step(0.3)
+            return GraspOutcome(success=False, lifted_object=None, matches_phrase=False, lifted_m={},
+                                finger_opening=float(d.ten_length[self._opening]), reason=f"cancelled: {stop}",
+                                blocked_by=None, disturbed=(), wall_s=time.perf_counter() - wall0,
+                                sim_s=float(d.time) - sim0)
+        finally:
+            self._step_hook = None
+
+    def _execute(self, grasp: Grasp, target: np.ndarray, lift_m: float, wall0: float, sim0: float) -> GraspOutcome:
         d = self.data
         start = self.object_poses()
         start_z = {n: p.translation[2] for n, p in start.items()}
@@ -286,7 +312,7 @@ class TabletopSim:
             d.mocap_pos[self._mocap] = (1 - a) * start + a * goal
             half = ((1 - a) * yaw0 + a * yaw) / 2
             d.mocap_quat[self._mocap] = [math.cos(half), 0.0, 0.0, math.sin(half)]
-            mujoco.mj_step(self.model, d)
+            self._physics_step()
             yield
 
     def _close(self) -> None:
@@ -297,12 +323,17 @@ class TabletopSim:
         n = max(1, round(CLOSE_S / dt))
         for i in range(1, n + 1):
             d.ctrl[0] = start + (closed - start) * i / n
-            mujoco.mj_step(self.model, d)
+            self._physics_step()
         self._step(SQUEEZE_S)
 
     def _step(self, seconds: float) -> None:
         for _ in range(max(0, round(seconds / self.model.opt.timestep))):
-            mujoco.mj_step(self.model, self.data)
+            self._physics_step()
+
+    def _physics_step(self) -> None:
+        mujoco.mj_step(self.model, self.data)
+        if self._step_hook is not None:
+            self._step_hook()
 
     def _gripper_contacts(self):
         """(contact index, geom1, geom2) of every contact between the gripper and something else."""
