@@ -1,6 +1,7 @@
 """Typed data passed between the stages. Arrays are numpy; images are (H, W, 3) uint8 RGB."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,12 @@ class Detections:
         if self.boxes.shape != (n, 4) or self.scores.shape != (n,):
             raise ValueError(f"inconsistent detections: boxes {self.boxes.shape}, scores "
                              f"{self.scores.shape}, {n} phrases")
+        # boxes come from the wire too: NaN or inf would reach the models and the drawing code
+        bad = ~np.isfinite(self.boxes).all(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"non-finite box coordinates in detection {i} ({self.phrases[i]!r}): "
+                             f"{self.boxes[i].tolist()}")
 
     def __len__(self) -> int:
         return len(self.phrases)
@@ -92,6 +99,14 @@ class CameraIntrinsics:
     cy: float
     width: int
     height: int
+
+    def __post_init__(self):
+        # a CameraInfo from an uncalibrated driver has K all zero; NaN slips past a plain `fx <= 0`
+        if not all(math.isfinite(v) for v in (self.fx, self.fy, self.cx, self.cy)) or self.fx <= 0 or self.fy <= 0:
+            raise ValueError(f"no usable intrinsics: fx={self.fx}, fy={self.fy}, cx={self.cx}, cy={self.cy} (an "
+                             "uncalibrated camera?)")
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"no usable intrinsics: image size {self.width}x{self.height}")
 
 
 @dataclass(frozen=True)
@@ -152,3 +167,12 @@ class Grasp:
     score: float               # in [0, 1]
     phrase: str                # the object it grasps
     frame: str
+
+    def check(self) -> None:
+        """ValueError naming what makes this grasp impossible to execute (grasps arrive from the wire too)."""
+        numbers = np.array([*np.ravel(self.position), *np.ravel(self.approach), self.yaw, self.width], np.float64)
+        if np.shape(self.position) != (3,) or np.shape(self.approach) != (3,) or not np.isfinite(numbers).all():
+            raise ValueError(f"grasp needs finite numbers: position {np.ravel(self.position).tolist()}, approach "
+                             f"{np.ravel(self.approach).tolist()}, yaw {self.yaw}, width {self.width}")
+        if self.width < 0:
+            raise ValueError(f"grasp width {self.width} m is negative")

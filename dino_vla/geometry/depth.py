@@ -36,6 +36,8 @@ class DepthFrame:
     frame: str                 # the camera's optical frame
 
     def __post_init__(self):
+        if not self.frame:
+            raise ValueError("depth has an empty frame_id: which camera it comes from, hence where it is, is unknown")
         metres = depth_to_metres(self.metres)
         if metres.shape != (self.intrinsics.height, self.intrinsics.width):
             raise ValueError(f"depth is {metres.shape[1]}x{metres.shape[0]}, the intrinsics say "

@@ -14,7 +14,7 @@ from dino_vla.config import ConfigError
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.msg import Detection, SegmentationMasks
-from dino_vla.ros.conversions import ImageConversionError, depth_image
+from dino_vla.ros.conversions import depth_image
 from dino_vla.ros.messages import intrinsics_from_msg, masks_from_msg, stamp_ns
 from dino_vla.ros.node_base import camera_qos
 from dino_vla.sync import ApproximateTimeSync
@@ -43,7 +43,7 @@ class DepthMaskInputs:
         self.node, self.on_match = node, on_match
         self.sync = ApproximateTimeSync(("depth", "camera_info", "masks"),
                                         slop_ns=int(round(params["sync_slop_s"] * 1e9)),
-                                        queue_size=params["sync_queue_size"])
+                                        queue_size=params["sync_queue_size"], on_notice=node.report_sync)
         # a short history, not depth 1: depth must still be queued when the slower masks arrive
         camera = camera_qos(params["reliability"], depth=5)
         node.create_subscription(Image, "depth", lambda m: self._add("depth", m), camera,
@@ -57,14 +57,16 @@ class DepthMaskInputs:
         for stamp, items in self.sync.add(stream, stamp_ns(msg.header), msg):
             try:
                 matched = self._convert(items["depth"], items["camera_info"], items["masks"])
-            except (ImageConversionError, ValueError) as err:
-                self.node.get_logger().error(f"skipping depth/masks stamped {stamp * 1e-9:.3f}: {err}",
-                                             throttle_duration_sec=5.0)
+            except ValueError as err:   # ImageConversionError is one
+                self.node.report(str(err), f"skipping depth/masks stamped {stamp * 1e-9:.3f}")
                 continue
             self.on_match(matched)
 
     @staticmethod
     def _convert(depth: Image, info: CameraInfo, masks_msg: SegmentationMasks) -> MaskedDepth:
+        if masks_msg.header.frame_id != depth.header.frame_id:
+            raise ValueError(f"masks are in {masks_msg.header.frame_id!r}, depth in {depth.header.frame_id!r}: depth "
+                             "must be aligned to the image the masks were made from")
         frame = DepthFrame(depth_image(depth), intrinsics_from_msg(info), depth.header.frame_id)
         detections, masks = masks_from_msg(masks_msg)
         if masks.masks.shape[1:] != frame.metres.shape:

@@ -13,7 +13,7 @@ from dino_vla.instruction import InstructionError, parse_instruction
 from dino_vla.msg import DetectionArray
 from dino_vla.pick import localise_detections, localiser_settings
 from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
-from dino_vla.ros.messages import cloud_to_msg, markers_msg, objects_to_msg
+from dino_vla.ros.messages import cloud_to_msg, markers_msg, objects_to_msg, stamp_ns
 from dino_vla.ros.node_base import ConfiguredNode, run_node
 
 
@@ -33,13 +33,13 @@ class LocaliserNode(ConfiguredNode):
         try:
             camera_to_target = self.extrinsic.camera_to_target(m.frame.frame)
         except ValueError as err:
-            self.get_logger().error(str(err), throttle_duration_sec=5.0)
+            self.report(str(err), f"skipping masks stamped {stamp_ns(m.header) * 1e-9:.3f}")
             return
         located = localise_detections(m.frame, m.detections, m.masks, localiser_settings(self.params),
                                       camera_to_target)
         objects = [(m.detection_msgs[i], obj) for i, obj in enumerate(located) if not isinstance(obj, NoPointsError)]
         for err in (obj for obj in located if isinstance(obj, NoPointsError)):
-            self.get_logger().warning(str(err), throttle_duration_sec=5.0)
+            self.report(str(err), level="warning")
         header = Header(stamp=m.header.stamp, frame_id=self.params["target_frame"])
         self.objects_publisher.publish(objects_to_msg(header, objects, m.instruction))
         self.markers_publisher.publish(markers_msg(header, objects))

@@ -63,10 +63,9 @@ def masks_from_msg(msg: SegmentationMasks) -> tuple[Detections, Masks]:
 
 
 def intrinsics_from_msg(msg: CameraInfo) -> CameraIntrinsics:
-    """K of a CameraInfo; aligned depth from RGB-D drivers is rectified, so distortion is not applied."""
+    """K of a CameraInfo; aligned depth from RGB-D drivers is rectified, so distortion is not applied.
+    CameraIntrinsics refuses a K that cannot project (zero or non-finite focal lengths, no size)."""
     fx, _, cx, _, fy, cy = msg.k[:6]
-    if fx <= 0 or fy <= 0 or msg.width == 0 or msg.height == 0:
-        raise ValueError(f"CameraInfo without intrinsics (fx={fx}, fy={fy}, {msg.width}x{msg.height})")
     return CameraIntrinsics(float(fx), float(fy), float(cx), float(cy), int(msg.width), int(msg.height))
 
 
@@ -158,12 +157,15 @@ def grasp_to_msg(header: Header, grasp: Grasp, dry_run: bool, instruction: str =
 
 
 def grasp_from_msg(msg: GraspCommand) -> Grasp:
+    """ValueError for a command that is not a pose: a zero or non-finite quaternion, non-finite numbers."""
     q = msg.grasp_pose.orientation
     closing = matrix_from_quaternion((q.x, q.y, q.z, q.w))[:, 1]
     p, a = msg.grasp_pose.position, msg.approach
-    return Grasp(position=np.array([p.x, p.y, p.z]), approach=np.array([a.x, a.y, a.z]),
-                 yaw=float(np.arctan2(-closing[0], closing[1])), width=msg.gripper_width, score=msg.score,
-                 phrase=msg.object_class, frame=msg.header.frame_id)
+    grasp = Grasp(position=np.array([p.x, p.y, p.z]), approach=np.array([a.x, a.y, a.z]),
+                  yaw=float(np.arctan2(-closing[0], closing[1])), width=msg.gripper_width, score=msg.score,
+                  phrase=msg.object_class, frame=msg.header.frame_id)
+    grasp.check()
+    return grasp
 
 
 def features_to_msg(header: Header, features: Features) -> DinoFeatures:

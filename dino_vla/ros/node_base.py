@@ -6,7 +6,8 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
@@ -48,6 +49,27 @@ def camera_qos(reliability: str, depth: int = 1) -> QoSProfile:
                       else ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 
 
+class ReasonThrottle:
+    """Once per reason per period: rclpy's throttle_duration_sec throttles per line of code, so a second,
+    different reason from the same line within the period would never be logged. Reasons not seen for a
+    period are forgotten, so reasons that carry numbers cannot grow the table without bound."""
+
+    def __init__(self, period_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.period_s, self.clock = period_s, clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()   # callbacks of a multi-threaded node may report at once
+
+    def allow(self, reason: str) -> bool:
+        now = self.clock()
+        with self._lock:
+            if len(self._last) > 64:
+                self._last = {r: t for r, t in self._last.items() if now - t < self.period_s}
+            if now - self._last.get(reason, -float("inf")) < self.period_s:
+                return False
+            self._last[reason] = now
+            return True
+
+
 class _JoiningMultiThreadedExecutor(MultiThreadedExecutor):
     """rclpy 9's Executor.shutdown() destroys its guard condition without waiting for the callbacks still
     running (its wait is skipped once it has marked itself shut down); a worker that then signals that guard
@@ -77,6 +99,24 @@ class ConfiguredNode(Node):
         self.params = validate_params(self.STAGE, {n: self.get_parameter(n).value for n in self._specs},
                                       f"node {self.get_name()}")
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._reasons = ReasonThrottle()
+
+    def report(self, reason: str, context: str = "", level: str = "error") -> None:
+        """Log why an input was not used, as one line `context: reason` at `level` (error or warning), once per
+        reason per 5 s. `reason` is
+        what is throttled on, so keep stamps and counters in `context`."""
+        if self._reasons.allow(reason):
+            line = " ".join((f"{context}: {reason}" if context else reason).split())
+            # one call site per severity: rclpy refuses two severities from one
+            if level == "warning":
+                self.get_logger().warning(line)
+            else:
+                self.get_logger().error(line)
+
+    def report_sync(self, kind: str, stream: str, sentence: str) -> None:
+        """ApproximateTimeSync's on_notice: one line per kind of notice and stream per 5 s (its sentences carry
+        stamps)."""
+        self.report(sentence, level="warning", key=f"sync {kind} {stream}")
 
     def _on_set_parameters(self, changes) -> SetParametersResult:
         try:

@@ -9,8 +9,8 @@ import torch
 from sensor_msgs.msg import Image
 
 from dino_vla.models.loading import ModelUnavailableError
-from dino_vla.pipeline import PerceptionPipeline
-from dino_vla.ros.conversions import ImageConversionError, image_to_rgb, numpy_to_image
+from dino_vla.pipeline import PerceptionPipeline, validate_image
+from dino_vla.ros.conversions import image_to_rgb, numpy_to_image
 from dino_vla.ros.node_base import ConfiguredNode, camera_qos
 
 
@@ -31,19 +31,15 @@ class PerceptionNode(ConfiguredNode):
         self.camera_qos = camera_qos(self.params["reliability"])
         self.debug_publisher = self.create_publisher(Image, "~/debug_image", 1)
         self.frames_processed = 0
-        self._last_rejection: dict[str, float] = {}
 
     def to_rgb(self, msg: Image) -> np.ndarray | None:
-        """The frame as RGB, or None (logged) when the message cannot be used; the node keeps serving."""
+        """The frame as RGB the models can take, or None (reported) when the message cannot be used (an
+        encoding the conversion does not support, data shorter than step * height, an image too small for the
+        models...); the node keeps serving."""
         try:
-            return image_to_rgb(msg)
-        except ImageConversionError as err:
-            # throttled per reason, not per call site: a second kind of bad frame must still be reported
-            now, reason = time.monotonic(), str(err)
-            if now - self._last_rejection.get(reason, -1e9) >= 5.0:
-                self._last_rejection[reason] = now
-                self.get_logger().error(f"skipping image stamped {msg.header.stamp.sec}."
-                                        f"{msg.header.stamp.nanosec:09d}: {reason}")
+            return validate_image(image_to_rgb(msg))
+        except ValueError as err:   # ImageConversionError is one
+            self.report(str(err), f"skipping image stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}")
             return None
 
     def publish_debug(self, header, rgb: np.ndarray) -> None:

@@ -79,7 +79,7 @@ class PolicyNode(ConfiguredNode):
         self.extrinsic = CameraExtrinsic(self, self.params)
         self.period_s = 1.0 / self.params["rate_hz"]
         self.pairing = ApproximateTimeSync(("features", "masks"), int(round(self.params["sync_slop_s"] * 1e9)),
-                                           self.params["sync_queue_size"])
+                                           self.params["sync_queue_size"], on_notice=self.report_sync)
         self.received: dict[str, float] = {}   # "features" / "masks": time.monotonic() of the newest
         self.observation: Observation | None = None
         self.decided: Decided | None = None
@@ -116,8 +116,7 @@ class PolicyNode(ConfiguredNode):
         try:
             features = features_from_msg(msg)
         except ValueError as err:
-            self.get_logger().error(f"skipping features stamped {stamp_ns(msg.header) * 1e-9:.3f}: {err}",
-                                    throttle_duration_sec=5.0)
+            self.report(str(err), f"skipping features stamped {stamp_ns(msg.header) * 1e-9:.3f}")
             return
         self._pair("features", stamp_ns(msg.header), features)
 
@@ -137,7 +136,7 @@ class PolicyNode(ConfiguredNode):
         stale = self.staleness(time.monotonic())
         if stale:
             self.publish_status(f"stale: {stale}")
-            self.get_logger().warning(f"no commands: stale inputs: {stale}", throttle_duration_sec=5.0)
+            self.report(f"stale inputs: {stale}", "no commands", "warning", key="stale inputs")
             return
         d = self.decided
         if d is None or d.observation is not self.observation or d.task != self.task:
@@ -203,8 +202,7 @@ class PolicyNode(ConfiguredNode):
         return Decided(observation, self.task, decision)
 
     def _failed(self, observation: Observation, reason: str, message: str) -> Decided:
-        self.get_logger().warning(f"no decision for {self.instruction!r}: {reason}: {message}",
-                                  throttle_duration_sec=5.0)
+        self.report(f"{reason}: {message}", f"no decision for {self.instruction!r}", "warning")
         return Decided(observation, self.task, None, f"failed {reason}: {message}", reason)
 
     def publish_status(self, text: str) -> None:

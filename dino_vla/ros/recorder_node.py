@@ -64,7 +64,7 @@ class RecorderNode(ConfiguredNode):
             raise ConfigError(f"parameter output_dir: {err}") from None
         self.frames: deque[tuple[int, Image, MaskedDepth]] = deque(maxlen=self.params["frame_history"])
         self.pairing = ApproximateTimeSync(("image", "masks"), int(round(self.params["sync_slop_s"] * 1e9)),
-                                           self.params["sync_queue_size"])
+                                           self.params["sync_queue_size"], on_notice=self.report_sync)
         self.instruction = ""
         self.inputs = DepthMaskInputs(self, self.params, lambda m: self._pair("masks", stamp_ns(m.header), m))
         self.create_subscription(Image, "image", lambda msg: self._pair("image", stamp_ns(msg.header), msg),

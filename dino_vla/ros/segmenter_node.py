@@ -37,14 +37,18 @@ class SegmenterNode(PerceptionNode):
     def on_detections(self, msg: DetectionArray) -> None:
         image_msg = self.images.get(self._key(msg.header))
         if image_msg is None:
-            self.get_logger().warning(f"no cached image stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}"
-                                   f" for these detections (image dropped or cache too small); skipped",
-                                   throttle_duration_sec=5.0)
+            self.report("no cached image with their stamp (image dropped or cache too small)",
+                        f"skipping detections stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}",
+                        "warning")
             return
         rgb = self.to_rgb(image_msg)
         if rgb is None:
             return
-        detections = detections_from_msg(msg, rgb.shape[:2])
+        try:
+            detections = detections_from_msg(msg, rgb.shape[:2])
+        except ValueError as err:
+            self.report(str(err), f"skipping detections stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}")
+            return
         masks = self.pipeline.segment(rgb, detections)
         self.publisher.publish(masks_to_msg(msg.header, msg, detections, masks, self.params["model"]))
         self.frames_processed += 1
