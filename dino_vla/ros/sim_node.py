@@ -12,7 +12,6 @@ import time
 
 import numpy as np
 from geometry_msgs.msg import Vector3
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header, String
@@ -30,13 +29,14 @@ from dino_vla.sim.stand_in import SOURCE, class_agnostic, ground_truth_perceptio
 
 class SimNode(ConfiguredNode):
     STAGE = "sim"
-    # a STOP must be taken while a grasp executes; the sim itself is used by one callback at a time (_sim_lock)
-    MULTI_THREADED = True
 
     def __init__(self):
         super().__init__()
+        # a grasp executes in its own thread so that a STOP can be taken meanwhile; rendering stays on the
+        # executor's thread (an EGL context belongs to the thread that made it); one user of the sim at a time
         self._sim_lock = threading.Lock()
         self._stop = threading.Event()
+        self._grasp_thread: threading.Thread | None = None
         self.sim: TabletopSim | None = None
         self.load_scene(self.params)
         self.query: GroundingQuery | None = None
@@ -47,12 +47,10 @@ class SimNode(ConfiguredNode):
         self.objects_publisher = self.create_publisher(DetectionArray, "sim/objects", 1)
         self.segmentation_publisher = self.create_publisher(SegmentationMasks, "sim/segmentation", 1)
         self.outcome_publisher = self.create_publisher(GraspOutcome, "grasp_outcome", 10)
-        self.create_subscription(GraspCommand, "grasp_command", self.on_command, 10,
-                                 callback_group=ReentrantCallbackGroup())
+        self.create_subscription(GraspCommand, "grasp_command", self.on_command, 10)
         self.create_subscription(String, "instruction", self.on_instruction, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
-        self.create_timer(1.0 / self.params["rate_hz"], self.publish_frame,
-                          callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_timer(1.0 / self.params["rate_hz"], self.publish_frame)
 
     def load_scene(self, params) -> None:
         spec = random_scene(params["seed"], target=params["target"], n_distractors=params["distractors"])
@@ -74,9 +72,18 @@ class SimNode(ConfiguredNode):
         except InstructionError as err:
             self.get_logger().error(f"instruction ignored: {err}")
 
+    def stop(self) -> None:
+        self._stop.set()
+        if self._grasp_thread is not None:
+            self._grasp_thread.join()
+
     def publish_frame(self) -> None:
-        with self._sim_lock:
+        if not self._sim_lock.acquire(blocking=False):
+            return   # a grasp is executing: the camera pauses, as it always did
+        try:
             self._publish_frame()
+        finally:
+            self._sim_lock.release()
 
     def _publish_frame(self) -> None:
         frame = self.sim.render()
@@ -131,19 +138,25 @@ class SimNode(ConfiguredNode):
                 outcome.reason = f"invalid command: {err}"
                 self.report(str(err), "grasp command refused")
             else:
-                self.execute(grasp, msg, outcome)
+                if self._grasp_thread is not None and self._grasp_thread.is_alive():
+                    outcome.reason = "busy: another grasp is executing"
+                else:
+                    self._grasp_thread = threading.Thread(target=self.execute, args=(grasp, msg, outcome))
+                    self._grasp_thread.start()
+                    return
         self.outcome_publisher.publish(outcome)
 
     def on_stop(self, msg: GraspCommand) -> None:
         """Stop the grasp in progress (it reports `cancelled`, gripper opened where it stopped); the STOP
         itself is answered at once."""
-        running = self._sim_lock.locked()
+        running = self._grasp_thread is not None and self._grasp_thread.is_alive()
         self._stop.set()
         reason = "stopped: the grasp in progress was stopped" if running else "stopped: nothing was moving"
         self.get_logger().warning(f"STOP received: {reason}")
         self.outcome_publisher.publish(GraspOutcome(header=msg.header, dry_run=msg.dry_run, reason=reason))
 
     def execute(self, grasp, msg: GraspCommand, outcome: GraspOutcome) -> None:
+        """In the grasp thread: execute, then answer on grasp_outcome."""
         factor = self.params["real_time_factor"]
         with self._sim_lock:
             self._stop.clear()
@@ -164,6 +177,7 @@ class SimNode(ConfiguredNode):
                                  else result.lifted_m[result.lifted_object])
         self.get_logger().info(f"grasp at {np.round(grasp.position, 3).tolist()}: "
                                f"{'lifted ' + outcome.lifted_object if outcome.success else outcome.reason}")
+        self.outcome_publisher.publish(outcome)
 
 
 def main(args=None) -> int:
