@@ -60,8 +60,8 @@ def graph(dds_env, tiny_models, tmp_path_factory):
                                        "segmenter": {"publish_debug_image": True}},
                           stdout=log, stderr=subprocess.STDOUT)
     probe = Probe(log)
-    ready = probe.spin_until(lambda: probe.commands.get_subscription_count() >= 1
-                             and probe.images.get_subscription_count() >= 1 and probe.detections.get_subscription_count() >= 1, 60)
+    publishers = (probe.commands, probe.images, probe.detections)
+    ready = probe.spin_until(lambda: all(p.get_subscription_count() >= 1 for p in publishers), 60)
     if not ready or running.failed():
         running.stop()
         log.seek(0)
