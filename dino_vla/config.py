@@ -206,8 +206,8 @@ NODE_PARAMS.update({
                   "would (so a STOP can arrive mid-motion); 0 = as fast as the physics runs", range=(0.0, 100.0)),
     ),
     "policy": _camera_inputs() + _cell() + (
-        ParamSpec("checkpoint", SHIPPED_CHECKPOINT, "policy checkpoint directory, or `shipped` for the one in the package "
-                  "(dino_vla/policy/checkpoints/sim-tiny); loaded at start-up", pattern=r"\S(.*\S)?",
+        ParamSpec("checkpoint", SHIPPED_CHECKPOINT, "policy checkpoint directory, or `shipped` for the one in the "
+                  "package (dino_vla/policy/checkpoints/sim-tiny); loaded at start-up", pattern=r"\S(.*\S)?",
                   read_only=True),
         _DEVICE,
         _TORCH_THREADS,

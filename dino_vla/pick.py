@@ -53,7 +53,8 @@ class PickSettings:
                    GripperSpec(max_width_m=params["gripper_max_width_m"],
                                finger_length_m=params["gripper_finger_length_m"],
                                clearance_m=params["gripper_clearance_m"]),
-                   Workspace(frame=params["target_frame"], min_xyz=params["workspace_min"], max_xyz=params["workspace_max"],
+                   Workspace(frame=params["target_frame"], min_xyz=params["workspace_min"],
+                             max_xyz=params["workspace_max"],
                              table_height_m=params["table_height_m"]))
 
 

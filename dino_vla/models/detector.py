@@ -32,8 +32,8 @@ class GroundingDetector:
     @classmethod
     def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
              **thresholds) -> "GroundingDetector":
-        model, processor = load_model_and_processor(GroundingDinoForObjectDetection, AutoProcessor, source, device, dtype,
-                                                    what="Grounding DINO detector", parameter="detector.model")
+        model, processor = load_model_and_processor(GroundingDinoForObjectDetection, AutoProcessor, source, device,
+                                                    dtype, what="Grounding DINO detector", parameter="detector.model")
         return cls(model, processor, source, **thresholds)
 
     def check_phrases(self, phrases: Sequence[str]) -> tuple[str, ...]:

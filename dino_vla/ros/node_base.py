@@ -101,11 +101,11 @@ class ConfiguredNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._reasons = ReasonThrottle()
 
-    def report(self, reason: str, context: str = "", level: str = "error") -> None:
+    def report(self, reason: str, context: str = "", level: str = "error", key: str | None = None) -> None:
         """Log why an input was not used, as one line `context: reason` at `level` (error or warning), once per
-        reason per 5 s. `reason` is
-        what is throttled on, so keep stamps and counters in `context`."""
-        if self._reasons.allow(reason):
+        reason per 5 s. What is throttled on is `key`, else `reason`: keep stamps and counters in `context`, or
+        name the kind of reason in `key` when the reason itself carries them."""
+        if self._reasons.allow(key or reason):
             line = " ".join((f"{context}: {reason}" if context else reason).split())
             # one call site per severity: rclpy refuses two severities from one
             if level == "warning":

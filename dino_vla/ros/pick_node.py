@@ -149,7 +149,8 @@ class PickNode(ConfiguredNode):
                 self.get_logger().error(traceback.format_exc())
                 result.failure_reason, result.message = "internal_error", f"{type(err).__name__}: {err}"
             result.elapsed_s = time.monotonic() - start
-            summary = f"pick {goal_handle.request.instruction!r}: {result.failure_reason or 'success'}: {result.message}"
+            outcome = result.failure_reason or "success"
+            summary = f"pick {goal_handle.request.instruction!r}: {outcome}: {result.message}"
             if result.success:  # rclpy refuses two severities from one logging call site
                 self.get_logger().info(summary)
             else:

@@ -19,6 +19,7 @@ from dino_vla.graph import SEGMENTER, SIM, CameraTopics
 from dino_vla.msg import Detection, DetectionArray, GraspCommand, GraspOutcome, SegmentationMasks
 from dino_vla.ros.conversions import numpy_to_image
 from dino_vla.ros.launcher import start_graph
+from support.ros import spin_until
 
 IMAGE_TOPIC = "/bad_camera/image"
 
@@ -34,12 +35,7 @@ class Probe:
         self.node.create_subscription(GraspOutcome, "/grasp_outcome", self.outcomes.append, 10)
 
     def spin_until(self, predicate, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self.node, timeout_sec=0.05)
-            if predicate():
-                return True
-        return False
+        return spin_until(self.node, predicate, timeout_s)
 
     def logged(self, text: str, timeout_s: float = 10.0) -> bool:
         def found():

@@ -23,7 +23,7 @@ from dino_vla.ros.conversions import image_to_numpy, numpy_to_image
 from dino_vla.graph import CameraTopics
 from dino_vla.instruction import OBJECT
 from dino_vla.ros.launcher import start_graph
-from support.ros import set_parameter
+from support.ros import set_parameter, spin_until
 
 IMAGE_TOPIC = "/test_camera/image"
 COFFEE = data.coffee()
@@ -55,12 +55,7 @@ class Probe:
         return header
 
     def spin_until(self, predicate, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            rclpy.spin_once(self.node, timeout_sec=0.05)
-            if predicate():
-                return True
-        return False
+        return spin_until(self.node, predicate, timeout_s)
 
     def stream_until_answered(self, outputs: tuple[str, ...], timeout_s: float = 30.0) -> Header:
         """Publish a frame every 0.3 s, like a camera, until one frame is answered on every output:

@@ -32,7 +32,8 @@ SEED = 3
 def graph(dds_env, tmp_path_factory):
     log = open(tmp_path_factory.mktemp("pick-graph") / "nodes.log", "w+")
     # MuJoCo writes MUJOCO_LOG.TXT into the working directory on warnings
-    running = start_graph(CONFIG, dict(dds_env, MUJOCO_GL="egl"), specs=pick_graph(simulated=True, model_perception=False),
+    running = start_graph(CONFIG, dict(dds_env, MUJOCO_GL="egl"),
+                          specs=pick_graph(simulated=True, model_perception=False),
                           node_params={"sim": {"seed": SEED}}, stdout=log, stderr=subprocess.STDOUT)
     client = PickClient()
     outputs = {"objects": [], "truth": [], "clouds": [], "markers": [], "commands": []}

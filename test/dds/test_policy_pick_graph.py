@@ -18,8 +18,10 @@ CONFIG = [str(config_dir() / name) for name in ("perception.yaml", "pick.yaml", 
 SEED = 3   # cup, and distractors around it
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def graph(dds_env, tmp_path_factory):
+    """A fresh graph per test: the simulated gripper keeps what it lifted, so a second pick in the same scene
+    would carry the first object along (and collide with it)."""
     log = open(tmp_path_factory.mktemp("policy-graph") / "nodes.log", "w+")
     node_params = pick_graph_params(True, False, "policy", CONFIG)
     node_params["sim"] = {**node_params.get("sim", {}), "seed": SEED}

@@ -1,7 +1,10 @@
 """Helpers for the tests that talk to node processes over DDS."""
 from __future__ import annotations
 
+import time
 from typing import Callable
+
+import rclpy
 
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -27,3 +30,13 @@ def set_parameter(node: Node, wait: Callable[[Callable[[], bool], float], bool],
             assert result.successful, f"/{target} refused {name}={value!r}: {result.reason}"
             return
     raise AssertionError(f"/{target} did not answer set_parameters {name}={value!r} in {attempts} tries")
+
+
+def spin_until(node: Node, predicate: Callable[[], bool], timeout_s: float) -> bool:
+    """Spin `node` until `predicate()` holds (True) or timeout_s passes (False)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.05)
+        if predicate():
+            return True
+    return False
