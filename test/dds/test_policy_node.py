@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -264,6 +265,23 @@ def test_the_policy_graph_runs_the_features_of_the_policys_backbone(checkpoint, 
     assert pick_graph_params(True, False) == {"sim": {"ground_truth_masks": True}}
     with pytest.raises(ValueError, match="grasp_source"):
         pick_graph(True, False, "oracle")
+
+
+def test_a_features_model_name_from_the_wire_is_never_opened_as_a_path(graph):
+    """An over-long model name in DinoFeatures (it once crashed the node: the name was opened as a directory)
+    is a mismatch with one reason; the node keeps serving and acts again on the next good features."""
+    running, probe, _, _, _ = graph
+    good = probe.observation
+    probe.observation = {**good, "features": replace(good["features"], model="a/" * 3000 + "model")}
+    start = time.monotonic()
+    try:
+        assert probe.wait(lambda: any("feature_mismatch" in m.data for m in probe.since("status", start)), 10), \
+            [m.data for m in probe.since("status", start)][-3:]
+    finally:
+        probe.observation = good
+    restored = time.monotonic()
+    assert probe.wait(lambda: any(m.data.startswith("ok:") for m in probe.since("status", restored)), 10)
+    assert running.failed() is None
 
 
 def test_dds_sockets_stay_on_loopback(graph):
