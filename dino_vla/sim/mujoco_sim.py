@@ -226,9 +226,8 @@ class TabletopSim:
             raise ValueError(f"lift_m must be positive, got {lift_m}")
         if grasp.frame != BASE_FRAME:
             raise ValueError(f"grasp is in frame {grasp.frame!r}; the simulator executes grasps in {BASE_FRAME!r}")
+        grasp.check()
         target = np.asarray(grasp.position, np.float64)
-        if target.shape != (3,) or not np.all(np.isfinite(target)) or not math.isfinite(grasp.yaw):
-            raise ValueError(f"grasp position {grasp.position!r} / yaw {grasp.yaw!r} must be finite, position (3,)")
         wall0, sim0 = time.perf_counter(), float(self.data.time)
         self._step_hook = None if step_hook is None else (lambda: step_hook(float(self.data.time) - sim0))
         try:
