@@ -66,7 +66,8 @@ class CommandLimits:
         low = np.array(ws.min_xyz, np.float64)
         floor = low[2] < ws.finger_floor_m
         low[2] = max(low[2], ws.finger_floor_m)
-        position = np.clip(np.asarray(grasp.position, np.float64), low, np.array(ws.max_xyz, np.float64))
+        high = np.array(ws.max_xyz, np.float64)
+        position = np.clip(np.asarray(grasp.position, np.float64), low, high)
         for axis, before, after in zip("xyz", grasp.position, position):
             if before != after:
                 why = "above the table" if axis == "z" and floor and after == low[2] else "workspace"
@@ -76,7 +77,7 @@ class CommandLimits:
             notes.append(f"width {grasp.width:.3f} -> {width:.3f} m (max opening)")
         yaw = float(grasp.yaw)
         if previous is not None:
-            start = np.clip(np.asarray(previous.position, np.float64), low, np.array(ws.max_xyz, np.float64))
+            start = np.clip(np.asarray(previous.position, np.float64), low, high)
             if not np.array_equal(start, previous.position):
                 # the workspace was narrowed since: rate-limiting from outside would keep the setpoints outside
                 # for several periods, so the step starts at the nearest point of the current box
