@@ -77,16 +77,21 @@ _DEVICE = ParamSpec("device", "auto", "torch device: auto (CUDA when present), c
 _TORCH_THREADS = ParamSpec("torch_threads", 0, "CPU threads this node's torch may use; 0 = torch's default (all "
                            "cores). Set it when several model nodes share one CPU, or they slow each other down",
                            range=(0, 256), read_only=True)
+_AUTOSTART = ParamSpec("autostart", True, "a managed (lifecycle) node: true = configure (load the model) and "
+                       "activate itself at start-up, exiting 1 when the model cannot load, as `ros2 run` users "
+                       "expect; false = start unconfigured and wait for lifecycle transitions (the launch files "
+                       "and dino-vla's starters, a lifecycle manager, `ros2 lifecycle set`)", read_only=True)
 
 
 def _common(default_model: str) -> tuple[ParamSpec, ...]:
     return (
         ParamSpec("model", default_model, "Hugging Face hub id or local directory (save_pretrained, "
-                  "safetensors) of the model; loaded at start-up", pattern=r"\S(.*\S)?", read_only=True),
+                  "safetensors) of the model; loaded on configure", pattern=r"\S(.*\S)?", read_only=True),
         _DEVICE,
         ParamSpec("dtype", "auto", "weights/activations dtype; auto = float16 on CUDA, float32 on CPU",
                   choices=("auto", "float32", "float16", "bfloat16"), read_only=True),
         _TORCH_THREADS,
+        _AUTOSTART,
         _RELIABILITY,
         ParamSpec("publish_debug_image", True, "publish an annotated image on ~/debug_image"),
     )
@@ -207,10 +212,11 @@ NODE_PARAMS.update({
     ),
     "policy": _camera_inputs() + _cell() + (
         ParamSpec("checkpoint", SHIPPED_CHECKPOINT, "policy checkpoint directory, or `shipped` for the one in the "
-                  "package (dino_vla/policy/checkpoints/sim-tiny); loaded at start-up", pattern=r"\S(.*\S)?",
+                  "package (dino_vla/policy/checkpoints/sim-tiny); loaded on configure", pattern=r"\S(.*\S)?",
                   read_only=True),
         _DEVICE,
         _TORCH_THREADS,
+        _AUTOSTART,
         ParamSpec("instruction", "", "what to pick; changeable at run time here or on the `instruction` topic "
                   "(each new one is a new task); empty: wait for one"),
         ParamSpec("rate_hz", 2.0, "decisions and setpoints per second", range=(0.1, 100.0), read_only=True),

@@ -28,16 +28,22 @@ class NodeSpec:
     # an output the node publishes only once it can work (after loading its model): a starter waits for
     # every node's before it sends work, since model nodes take far longer to start than the others
     ready_topic: str = ""
+    # a managed (lifecycle) node: whoever starts it configures and activates it (ros/managed_node.py)
+    managed: bool = False
 
 
-FEATURES = NodeSpec("features", "features_node", "dino_vla.ros.features_node", ready_topic="features")
-DETECTOR = NodeSpec("detector", "detector_node", "dino_vla.ros.detector_node", ready_topic="detections")
-SEGMENTER = NodeSpec("segmenter", "segmenter_node", "dino_vla.ros.segmenter_node", ready_topic="masks")
+FEATURES = NodeSpec("features", "features_node", "dino_vla.ros.features_node", ready_topic="features",
+                    managed=True)
+DETECTOR = NodeSpec("detector", "detector_node", "dino_vla.ros.detector_node", ready_topic="detections",
+                    managed=True)
+SEGMENTER = NodeSpec("segmenter", "segmenter_node", "dino_vla.ros.segmenter_node", ready_topic="masks",
+                     managed=True)
 LOCALISER = NodeSpec("localiser", "localiser_node", "dino_vla.ros.localiser_node", ("depth", "camera_info"),
                      "objects")
 PICK = NodeSpec("pick", "pick_node", "dino_vla.ros.pick_node", ("depth", "camera_info"), "grasp_command")
 SIM = NodeSpec("sim", "sim_node", "dino_vla.ros.sim_node", ("image", "depth", "camera_info"), "grasp_outcome")
-POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("depth", "camera_info"), "policy/grasp")
+POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("depth", "camera_info"), "policy/grasp",
+                  managed=True)
 RECORDER = NodeSpec("recorder", "recorder_node", "dino_vla.ros.recorder_node", ("image", "depth", "camera_info"))
 ALL_NODES = (FEATURES, DETECTOR, SEGMENTER, LOCALISER, PICK, SIM, POLICY, RECORDER)
 
@@ -84,8 +90,9 @@ def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str
 def parameter_overrides(spec: NodeSpec, instruction: str | None = None, device: str | None = None,
                         models: dict[str, str] | None = None,
                         node_params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Values that replace the params files': empty/None means "keep the files'"."""
-    out: dict[str, Any] = {}
+    """Values that replace the params files': empty/None means "keep the files'". Managed nodes wait for
+    their starter's transitions (autostart false)."""
+    out: dict[str, Any] = {"autostart": False} if spec.managed else {}
     if instruction and spec in (DETECTOR, PICK):
         out["instruction"] = instruction
     if device and spec in PERCEPTION_GRAPH + (POLICY,):

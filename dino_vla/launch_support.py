@@ -9,10 +9,13 @@ from typing import Any, Callable
 import launch.logging
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchContext, LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction
-from launch.events import Shutdown
+from launch.actions import DeclareLaunchArgument, EmitEvent, LogInfo, OpaqueFunction, RegisterEventHandler
+from launch.events import Shutdown, matches_action
 from launch.events.process import ProcessExited
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 from dino_vla.graph import CameraTopics, NodeSpec, remappings
 
@@ -40,11 +43,35 @@ def end_launch_when_exited(node_name: str) -> Callable[[ProcessExited, LaunchCon
 
 
 def node_actions(specs: tuple[NodeSpec, ...], namespace: str, params_files: list[str],
-                 overrides: Callable[[NodeSpec], dict], camera: CameraTopics) -> list[Node]:
-    return [Node(package="dino_vla", executable=spec.executable, name=spec.name, namespace=namespace,
-                 output="screen", emulate_tty=True, parameters=[*params_files, overrides(spec)],
-                 remappings=remappings(spec, camera), on_exit=end_launch_when_exited(spec.name))
-            for spec in specs]
+                 overrides: Callable[[NodeSpec], dict], camera: CameraTopics) -> list:
+    actions: list = []
+    for spec in specs:
+        kind = LifecycleNode if spec.managed else Node
+        node = kind(package="dino_vla", executable=spec.executable, name=spec.name, namespace=namespace,
+                    output="screen", emulate_tty=True, parameters=[*params_files, overrides(spec)],
+                    remappings=remappings(spec, camera), on_exit=end_launch_when_exited(spec.name))
+        actions += [node, *(activate_when_started(node, spec.name) if spec.managed else ())]
+    return actions
+
+
+def activate_when_started(node: LifecycleNode, node_name: str) -> list:
+    """A managed node is configured (its model loads) as soon as its services answer and activated once
+    configured; a failed configure ends the launch, like a node that exits. A node deactivated later
+    (`ros2 lifecycle set`, a lifecycle manager) stays inactive."""
+    def change(transition_id: int) -> EmitEvent:
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node), transition_id=transition_id))
+
+    reason = f"{node_name} failed to configure (its log says why); the graph cannot work without it"
+    return [
+        RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                               goal_state="inactive",
+                                               entities=[change(Transition.TRANSITION_ACTIVATE)])),
+        RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
+                                               goal_state="unconfigured",
+                                               entities=[LogInfo(msg=f"{reason}: ending the launch"),
+                                                         EmitEvent(event=Shutdown(reason=reason))])),
+        change(Transition.TRANSITION_CONFIGURE),
+    ]
 
 
 def rviz_config() -> str:

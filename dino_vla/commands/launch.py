@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from dino_vla.graph import PERCEPTION_GRAPH, CameraTopics
     from dino_vla.ros.launcher import start_graph
+    from dino_vla.ros.lifecycle_client import LifecycleError
 
     env = loopback_environment(args)
     files = config_files(args)
@@ -33,8 +34,13 @@ def main(args: argparse.Namespace) -> int:
     models = {spec.name: choice.params[spec.name]["model"] for spec in PERCEPTION_GRAPH} \
         if choice.random_weights else None
     with on_ros_domain(args, env) as env:
-        graph = start_graph(files, env, camera=CameraTopics(image=args.image_topic), namespace=args.namespace,
-                            instruction=args.instruction, device=args.device, models=models)
+        try:
+            # returns once every model node is configured (its model loaded) and active
+            graph = start_graph(files, env, camera=CameraTopics(image=args.image_topic), namespace=args.namespace,
+                                instruction=args.instruction, device=args.device, models=models)
+        except LifecycleError as err:
+            print(f"dino-vla launch: {err}; the graph is stopped", file=sys.stderr)
+            return 1
         print(f"dino-vla launch: started {', '.join(graph.processes)} on {args.image_topic} (ROS domain "
               f"{env['ROS_DOMAIN_ID']}, DDS profile {env['FASTDDS_DEFAULT_PROFILES_FILE']}); Ctrl-C stops them",
               flush=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -96,6 +96,23 @@ def load_model(model_cls, source: str, device: torch.device, dtype: torch.dtype,
     model = load_pretrained(model_cls.from_pretrained, source, what=what, parameter=parameter,
                             use_safetensors=True, trust_remote_code=False, dtype=dtype)
     return model.to(device).eval()
+
+
+def place(models: Iterable[torch.nn.Module], device: str | torch.device) -> int:
+    """Move loaded models to `device` (a managed node parks them on the CPU while inactive); returns the bytes
+    of GPU memory this process gave back. Leaving CUDA also hands the blocks torch's caching allocator kept
+    for them back to the driver: without that the memory stays reserved by this process, and another
+    process cannot have it."""
+    device = torch.device(device)
+    left = {p.device for model in models for p in model.parameters() if p.device.type == "cuda"} \
+        if device.type != "cuda" else set()
+    before = sum(torch.cuda.memory_reserved(d) for d in left)
+    for model in models:
+        model.to(device)
+    if not left:
+        return 0
+    torch.cuda.empty_cache()
+    return before - sum(torch.cuda.memory_reserved(d) for d in left)
 
 
 def weights_obtainable(source: str, timeout_s: float = 10.0) -> bool:

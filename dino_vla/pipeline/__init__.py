@@ -68,6 +68,21 @@ class PerceptionPipeline:
             loaded["segmenter"] = Segmenter.load(p["model"], p["device"], p["dtype"])
         return cls(**loaded)
 
+    def models(self) -> list:
+        """The loaded stages' torch modules."""
+        return [a.model for a in (self.feature_extractor, self.detector, self.segmenter) if a is not None]
+
+    @property
+    def device(self):
+        """Where the loaded models are (torch.device)."""
+        return next(self.models()[0].parameters()).device
+
+    def to(self, device: str) -> int:
+        """Every loaded stage's model to `device`; the bytes of GPU memory given back (models.loading.place)."""
+        from dino_vla.models.loading import place
+
+        return place(self.models(), device)
+
     def _require(self, stage: str, adapter):
         if adapter is None:
             raise RuntimeError(f"this pipeline was built without the {stage} stage")

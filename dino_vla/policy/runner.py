@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from dino_vla.language import Instruction, InstructionError, parse
-from dino_vla.models.loading import resolve_device
+from dino_vla.models.loading import place, resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
 from dino_vla.geometry.depth import DepthFrame
@@ -70,6 +70,13 @@ class GraspPolicy:
             raise PolicyFailure("feature_mismatch", f"text encoder {info.text_encoder!r} gives {text.dim}-d "
                                 f"tokens, the policy was trained on {info.config.language_dim}-d")
         return cls(net, info, text, str(checkpoint))
+
+    def to(self, device: str) -> int:
+        """The network and the text encoder to `device`; the bytes of GPU memory given back
+        (models.loading.place)."""
+        released = place([self.net, self.text.model], device)
+        self.device = next(self.net.parameters()).device
+        return released
 
     @property
     def backbone(self) -> str:

@@ -36,22 +36,22 @@ class MaskedDepth:
 
 class DepthMaskInputs:
     """Subscribes `depth`, `camera_info` and `masks`; calls on_match(MaskedDepth) for every set whose
-    stamps agree within sync_slop_s. Sets that cannot be converted are logged and skipped."""
+    stamps agree within sync_slop_s. Sets that cannot be converted are logged and skipped. `subscribe`
+    replaces node.create_subscription (a managed node's input_subscription, undone on deactivate)."""
 
     def __init__(self, node: Node, params: dict[str, Any], on_match: Callable[[MaskedDepth], None],
-                 callback_group=None):
+                 callback_group=None, subscribe: Callable | None = None):
         self.node, self.on_match = node, on_match
         self.sync = ApproximateTimeSync(("depth", "camera_info", "masks"),
                                         slop_ns=int(round(params["sync_slop_s"] * 1e9)),
                                         queue_size=params["sync_queue_size"], on_notice=node.report_sync)
         # a short history, not depth 1: depth must still be queued when the slower masks arrive
         camera = camera_qos(params["reliability"], depth=5)
-        node.create_subscription(Image, "depth", lambda m: self._add("depth", m), camera,
-                                 callback_group=callback_group)
-        node.create_subscription(CameraInfo, "camera_info", lambda m: self._add("camera_info", m), camera,
-                                 callback_group=callback_group)
-        node.create_subscription(SegmentationMasks, "masks", lambda m: self._add("masks", m), 10,
-                                 callback_group=callback_group)
+        subscribe = subscribe or node.create_subscription
+        subscribe(Image, "depth", lambda m: self._add("depth", m), camera, callback_group=callback_group)
+        subscribe(CameraInfo, "camera_info", lambda m: self._add("camera_info", m), camera,
+                  callback_group=callback_group)
+        subscribe(SegmentationMasks, "masks", lambda m: self._add("masks", m), 10, callback_group=callback_group)
 
     def _add(self, stream: str, msg) -> None:
         for stamp, items in self.sync.add(stream, stamp_ns(msg.header), msg):

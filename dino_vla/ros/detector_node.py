@@ -21,17 +21,20 @@ _THRESHOLDS = ("box_threshold", "text_threshold", "nms_iou", "max_detections")
 class DetectorNode(PerceptionNode):
     STAGE = "detector"
 
-    def __init__(self):
-        super().__init__()
+    def configure(self) -> None:
+        super().configure()
         try:
             self.query = self.query_for(self.params["instruction"], self.params["masks_scope"])
         except InstructionError as err:
             raise ConfigError(f"parameter instruction: {err}") from None
         self.get_logger().info(f"looking for {self.query.prompt!r} ({self.query.instruction!r})")
-        self.publisher = self.create_publisher(DetectionArray, "detections", 10)
-        self.create_subscription(Image, "image", self.on_image, self.camera_qos)
-        # transient local: an instruction published before this node started still reaches it
-        self.create_subscription(String, "instruction", self.on_instruction, QoSProfile(
+        self.publisher = self.output(DetectionArray, "detections", 10)
+
+    def activate(self) -> None:
+        self.input_subscription(Image, "image", self.on_image, self.camera_qos)
+        # transient local: an instruction published before this node started (or while it was inactive)
+        # still reaches it
+        self.input_subscription(String, "instruction", self.on_instruction, QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
 
     def query_for(self, instruction: str, scope: str | None = None) -> GroundingQuery:
@@ -44,6 +47,8 @@ class DetectorNode(PerceptionNode):
         return query
 
     def apply_parameters(self, updated) -> None:
+        if self.pipeline is None:   # unconfigured: configure takes the new values
+            return
         if "instruction" in updated or "masks_scope" in updated:
             # InstructionError rejects the change
             self.query = self.query_for(updated.get("instruction", self.query.instruction),

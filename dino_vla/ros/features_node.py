@@ -13,10 +13,12 @@ from dino_vla.ros.perception_node import PerceptionNode
 class FeaturesNode(PerceptionNode):
     STAGE = "features"
 
-    def __init__(self):
-        super().__init__()
-        self.publisher = self.create_publisher(DinoFeatures, "features", 10)
-        self.create_subscription(Image, "image", self.on_image, self.camera_qos)
+    def configure(self) -> None:
+        super().configure()
+        self.publisher = self.output(DinoFeatures, "features", 10)
+
+    def activate(self) -> None:
+        self.input_subscription(Image, "image", self.on_image, self.camera_qos)
 
     def on_image(self, msg: Image) -> None:
         rgb = self.to_rgb(msg)

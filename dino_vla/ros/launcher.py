@@ -57,9 +57,13 @@ class RunningGraph:
 def start_graph(params_files: list[str | Path], env: dict[str, str], *, camera: CameraTopics = CameraTopics(),
                 namespace: str = "", instruction: str | None = None, device: str | None = None,
                 models: dict[str, str] | None = None, node_params: dict[str, dict] | None = None,
-                specs: tuple[NodeSpec, ...] = PERCEPTION_GRAPH, stdout=None, stderr=None) -> RunningGraph:
-    """One process per node. They get SIGINT when the thread that called this ends (Linux's parent-death
-    signal follows the creating thread), so call it from the thread that lives as long as the graph."""
+                specs: tuple[NodeSpec, ...] = PERCEPTION_GRAPH, stdout=None, stderr=None,
+                configure_timeout_s: float = 300.0) -> RunningGraph:
+    """One process per node, the managed ones configured (their models loaded side by side) and activated
+    before this returns; LifecycleError (the graph stopped) when one cannot be. The processes get SIGINT when
+    the thread that called this ends (Linux's parent-death signal follows the creating thread), so call it
+    from the thread that lives as long as the graph. This process's environment takes `env`'s DDS settings
+    (its own participant must use them)."""
     graph = RunningGraph()
     for spec in specs:
         overrides = parameter_overrides(spec, instruction, device, models, node_params)
@@ -67,4 +71,41 @@ def start_graph(params_files: list[str | Path], env: dict[str, str], *, camera: 
                *ros_arguments(spec, [str(p) for p in params_files], camera, namespace, overrides)]
         graph.processes[spec.name] = subprocess.Popen(
             cmd, env={**os.environ, **env, LAUNCHER_PID_ENV: str(os.getpid())}, stdout=stdout, stderr=stderr)
+    managed = [spec for spec in specs if spec.managed]
+    if managed:
+        os.environ.update(env)
+        try:
+            activate_nodes(graph, managed, namespace, configure_timeout_s)
+        except BaseException:
+            graph.stop()
+            raise
     return graph
+
+
+def activate_nodes(graph: RunningGraph, specs: list[NodeSpec], namespace: str, configure_timeout_s: float) -> None:
+    """Configure every managed node of `specs` at once, then activate them, from a participant of its own."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from dino_vla.ros.lifecycle_client import LifecycleClient, change_all
+
+    def alive() -> str | None:
+        failed = graph.failed()
+        return f"node {failed[0]} exited with code {failed[1]}" if failed else None
+
+    prefix = "/" + namespace.strip("/") if namespace.strip("/") else ""
+    context = rclpy.Context()
+    # the caller's own signal handling stays in place (Ctrl-C during a long model load stops the graph)
+    rclpy.init(context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node(f"dino_vla_starter_{os.getpid()}", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    try:
+        clients = [LifecycleClient(node, executor, f"{prefix}/{spec.name}") for spec in specs]
+        change_all(clients, "configure", configure_timeout_s, alive)
+        change_all(clients, "activate", 30.0, alive)
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)

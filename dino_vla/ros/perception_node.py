@@ -1,5 +1,5 @@
-"""Base of the three model nodes (features, detector, segmenter): the stage's model loaded at start-up,
-image conversion with clear, throttled rejections, and debug images."""
+"""Base of the three model nodes (features, detector, segmenter): managed nodes (ros/managed_node.py) whose
+configure loads their pipeline stage; image conversion with clear, throttled rejections, and debug images."""
 from __future__ import annotations
 
 import time
@@ -11,26 +11,35 @@ from sensor_msgs.msg import Image
 from dino_vla.models.loading import ModelUnavailableError
 from dino_vla.pipeline import PerceptionPipeline, validate_image
 from dino_vla.ros.conversions import image_to_rgb, numpy_to_image
-from dino_vla.ros.node_base import ConfiguredNode, camera_qos
+from dino_vla.ros.managed_node import ManagedNode
+from dino_vla.ros.node_base import camera_qos
 
 
-class PerceptionNode(ConfiguredNode):
+class PerceptionNode(ManagedNode):
     """Base of the features, detector and segmenter nodes: one pipeline stage each."""
 
     STARTUP_ERRORS = (ModelUnavailableError,)
 
     def __init__(self, **kwargs):
+        self.camera_qos = None
+        self.pipeline: PerceptionPipeline | None = None
+        self.frames_processed = 0
         super().__init__(**kwargs)
+
+    def configure(self) -> None:
         if self.params["torch_threads"] > 0:
             torch.set_num_threads(self.params["torch_threads"])
         start = time.perf_counter()
         self.get_logger().info(f"loading {self.STAGE} model {self.params['model']!r} "
                                f"(device {self.params['device']}, dtype {self.params['dtype']})")
-        self.pipeline = PerceptionPipeline.from_config({self.STAGE: self.params}, stages=(self.STAGE,))
+        self.pipeline = self.runtime = PerceptionPipeline.from_config({self.STAGE: self.params},
+                                                                      stages=(self.STAGE,))
         self.get_logger().info(f"model loaded in {time.perf_counter() - start:.1f} s")
         self.camera_qos = camera_qos(self.params["reliability"])
-        self.debug_publisher = self.create_publisher(Image, "~/debug_image", 1)
-        self.frames_processed = 0
+        self.debug_publisher = self.output(Image, "~/debug_image", 1)
+
+    def cleanup(self) -> None:
+        self.pipeline = None
 
     def to_rgb(self, msg: Image) -> np.ndarray | None:
         """The frame as RGB the models can take, or None (reported) when the message cannot be used (an

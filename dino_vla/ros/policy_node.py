@@ -31,7 +31,8 @@ from dino_vla.policy.limits import CommandLimits
 from dino_vla.policy.runner import GraspPolicy, PolicyDecision, PolicyFailure
 from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
 from dino_vla.ros.messages import features_from_msg, grasp_rotation, grasp_to_msg, pose_msg, stamp_ns
-from dino_vla.ros.node_base import ConfiguredNode, run_node
+from dino_vla.ros.managed_node import ManagedNode
+from dino_vla.ros.node_base import run_node
 from dino_vla.sync import ApproximateTimeSync
 from dino_vla.types import Features, Grasp
 
@@ -58,11 +59,14 @@ class Decided:
     reason: str = ""            # the failure's reason code
 
 
-class PolicyNode(ConfiguredNode):
+class PolicyNode(ManagedNode):
     STAGE = "policy"
 
     def __init__(self):
+        self.policy: GraspPolicy | None = None
         super().__init__()
+
+    def configure(self) -> None:
         self.limits = CommandLimits.from_params(self.params)
         if self.params["torch_threads"] > 0:
             torch.set_num_threads(self.params["torch_threads"])
@@ -70,7 +74,7 @@ class PolicyNode(ConfiguredNode):
         start = time.perf_counter()
         self.get_logger().info(f"loading policy {checkpoint!r} (device {self.params['device']})")
         try:
-            self.policy = GraspPolicy.load(checkpoint, self.params["device"])
+            self.policy = self.runtime = GraspPolicy.load(checkpoint, self.params["device"])
         except (CheckpointError, PolicyFailure) as err:
             raise ConfigError(f"parameter checkpoint: {err}") from None
         self.get_logger().info(f"policy loaded in {time.perf_counter() - start:.1f} s; it takes features of "
@@ -78,30 +82,45 @@ class PolicyNode(ConfiguredNode):
         self.source = f"policy {checkpoint}"
         self.extrinsic = CameraExtrinsic(self, self.params)
         self.period_s = 1.0 / self.params["rate_hz"]
+        self.instruction, self.task = "", 0
+        self.grasp_publisher = self.output(GraspCommand, "policy/grasp", 10)
+        self.pose_publisher = self.output(PoseStamped, "policy/grasp_pose", 10)
+        self.status_publisher = self.output(String, "policy/status", 10)
+        self.command_publisher = self.output(GraspCommand, "grasp_command", 10)
+
+    def activate(self) -> None:
+        """Inputs start afresh: nothing received before is acted on."""
         self.pairing = ApproximateTimeSync(("features", "masks"), int(round(self.params["sync_slop_s"] * 1e9)),
                                            self.params["sync_queue_size"], on_notice=self.report_sync)
         self.received: dict[str, float] = {}   # "features" / "masks": time.monotonic() of the newest
         self.observation: Observation | None = None
         self.decided: Decided | None = None
         self.setpoint: Grasp | None = None      # the last one published on policy/grasp_pose
-        self.instruction, self.task = "", 0
         self.command_due = False                # the current instruction's first decision is still to come
-        self.grasp_publisher = self.create_publisher(GraspCommand, "policy/grasp", 10)
-        self.pose_publisher = self.create_publisher(PoseStamped, "policy/grasp_pose", 10)
-        self.status_publisher = self.create_publisher(String, "policy/status", 10)
-        self.command_publisher = self.create_publisher(GraspCommand, "grasp_command", 10)
-        self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth)
-        self.create_subscription(DinoFeatures, "features", self.on_features, 10)
-        # transient local: an instruction published before this node started still reaches it
-        self.create_subscription(String, "instruction", lambda msg: self.set_instruction(msg.data), QoSProfile(
+        self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth, subscribe=self.input_subscription)
+        self.input_subscription(DinoFeatures, "features", self.on_features, 10)
+        # transient local: an instruction published before this node started (or while it was inactive)
+        # still reaches it
+        self.input_subscription(String, "instruction", lambda msg: self.set_instruction(msg.data), QoSProfile(
             depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
         if self.params["instruction"]:
             self.set_instruction(self.params["instruction"])
-        self.create_timer(self.period_s, self.tick)
-        self.get_logger().info(f"policy ready at {self.params['rate_hz']:g} Hz (dry_run={self.params['dry_run']}, "
+        self.input_timer(self.period_s, self.tick)
+        self.get_logger().info(f"policy active at {self.params['rate_hz']:g} Hz (dry_run={self.params['dry_run']}, "
                                f"frame {self.params['target_frame']!r})")
 
+    def deactivate(self) -> None:
+        """As if stopped: an activate acts on the instruction parameter and the latched instruction topic
+        again, as a fresh start would."""
+        self.instruction, self.observation, self.decided = "", None, None
+
+    def cleanup(self) -> None:
+        self.policy = None
+        self.extrinsic = None
+
     def apply_parameters(self, updated) -> None:
+        if self.policy is None:   # unconfigured: configure takes the new values
+            return
         if set(_LIMITS) & set(updated):
             self.limits = CommandLimits.from_params({**self.params, **updated})  # ConfigError rejects the change
         if "instruction" in updated:

@@ -17,13 +17,21 @@ class SegmenterNode(PerceptionNode):
     STAGE = "segmenter"
 
     def __init__(self):
-        super().__init__()
         self.images: OrderedDict[tuple[int, int, str], Image] = OrderedDict()
-        self.publisher = self.create_publisher(SegmentationMasks, "masks", 10)
+        super().__init__()
+
+    def configure(self) -> None:
+        super().configure()
+        self.publisher = self.output(SegmentationMasks, "masks", 10)
+
+    def activate(self) -> None:
         # images only wait in a small cache (no inference in this callback), so the camera QoS depth 1
         # is not needed here; sensor-data best effort still applies
-        self.create_subscription(Image, "image", self.on_image, self.camera_qos)
-        self.create_subscription(DetectionArray, "detections", self.on_detections, 1)
+        self.input_subscription(Image, "image", self.on_image, self.camera_qos)
+        self.input_subscription(DetectionArray, "detections", self.on_detections, 1)
+
+    def deactivate(self) -> None:
+        self.images.clear()
 
     @staticmethod
     def _key(header) -> tuple[int, int, str]:

@@ -399,3 +399,15 @@ def test_launch_serves_masks_and_stops_on_ctrl_c(env, dds_env, tmp_path, coffee)
         finally:
             launcher.kill()
     assert launcher.returncode == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.dds
+def test_launch_stops_when_a_model_cannot_load(env, dds_env, tmp_path):
+    """--models pretrained without the weights here: the model nodes fail their configure transition, and the
+    launcher says so, stops every node and exits 1."""
+    result = dino_vla("launch", "--models", "pretrained", "--domain-id", "env", env={**env, **dds_env},
+                      cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert re.search(r"^dino-vla launch: /(features|detector|segmenter): configure failed \(its log says why\); "
+                     r"the graph is stopped$", result.stderr, re.MULTILINE), result.stderr[-3000:]
+    assert "configure failed: " in result.stderr and "Traceback" not in result.stderr

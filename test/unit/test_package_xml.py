@@ -30,6 +30,7 @@ MODULE_KEYS = {
     "rcl_interfaces": "rcl_interfaces",
     "unique_identifier_msgs": "unique_identifier_msgs",
     "visualization_msgs": "visualization_msgs",
+    "lifecycle_msgs": "lifecycle_msgs",
     "tf2_ros": "tf2_ros_py",           # the Python module tf2_ros is in the package tf2_ros_py
     "launch": "launch",
     "launch_ros": "launch_ros",

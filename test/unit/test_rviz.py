@@ -26,10 +26,11 @@ def displays() -> dict[str, str]:
 
 
 def published() -> dict[str, str]:
-    """Absolute topic (no namespace, default camera) -> message type, from the nodes' create_publisher calls."""
+    """Absolute topic (no namespace, default camera) -> message type, from the nodes' create_publisher calls (and
+    the managed nodes' output calls, which make lifecycle publishers)."""
     out = {}
     for path in (ROOT / "dino_vla" / "ros").glob("*_node.py"):
-        for msg_type, name in re.findall(r'create_publisher\(\s*(\w+),\s*"([^"]+)"', path.read_text()):
+        for msg_type, name in re.findall(r'(?:create_publisher|\.output)\(\s*(\w+),\s*"([^"]+)"', path.read_text()):
             if name.startswith("~/"):   # the perception nodes' base class: one per perception node
                 out.update({f"/{spec.name}/{name[2:]}": msg_type for spec in PERCEPTION_GRAPH})
             else:
@@ -121,7 +122,9 @@ def test_rviz_true_starts_rviz2_with_the_installed_config(name):
     assert _arguments(rviz)[:2] == ["-d", str(config)]
     assert config.read_bytes() == RVIZ.read_bytes(), "the installed config is stale: run make setup"
     # the graph's nodes end the launch when they exit; closing RViz leaves the graph running
-    assert all(getattr(a, "_ExecuteLocal__on_exit", None) for a in actions if a is not rviz)
+    from launch_ros.actions import Node
+
+    assert all(getattr(a, "_ExecuteLocal__on_exit", None) for a in actions if a is not rviz and isinstance(a, Node))
     assert getattr(rviz, "_ExecuteLocal__on_exit", None) is None
     rviz._perform_substitutions(LaunchContext())
     assert rviz.expanded_remapping_rules in (None, [])   # defaults: the config's topics as they are
