@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
-from std_msgs.msg import String
+from std_msgs.msg import Header, String
 
 from dino_vla.config import ConfigError
 from dino_vla.instruction import GroundingQuery, InstructionError, parse_instruction
@@ -14,6 +14,7 @@ from dino_vla.pipeline.annotate import annotate
 from dino_vla.ros.messages import detections_to_msg
 from dino_vla.ros.node_base import run_node
 from dino_vla.ros.perception_node import PerceptionNode
+from dino_vla.ros.vision_outputs import VisionOutputs
 
 _THRESHOLDS = ("box_threshold", "text_threshold", "nms_iou", "max_detections")
 
@@ -29,8 +30,11 @@ class DetectorNode(PerceptionNode):
             raise ConfigError(f"parameter instruction: {err}") from None
         self.get_logger().info(f"looking for {self.query.prompt!r} ({self.query.instruction!r})")
         self.publisher = self.output(DetectionArray, "detections", 10)
+        self.vision = VisionOutputs(self, "vision/detections", 2, f"Grounding DINO {self.params['model']}",
+                                    create=self.output, threshold=self.params["box_threshold"])
 
     def activate(self) -> None:
+        self.vision.publish_labels(Header(stamp=self.get_clock().now().to_msg()), self.query.phrases, again=True)
         self.input_subscription(Image, "image", self.on_image, self.camera_qos)
         # transient local: an instruction published before this node started (or while it was inactive)
         # still reaches it
@@ -57,6 +61,7 @@ class DetectorNode(PerceptionNode):
         for name in _THRESHOLDS:
             if name in updated:
                 setattr(self.pipeline.detector, name, updated[name])
+        self.vision.threshold = updated.get("box_threshold", self.vision.threshold)
 
     def on_instruction(self, msg: String) -> None:
         try:
@@ -72,7 +77,9 @@ class DetectorNode(PerceptionNode):
             return
         query = self.query
         detections = self.pipeline.detect(rgb, query)
-        self.publisher.publish(detections_to_msg(msg.header, detections, query.instruction))
+        out = detections_to_msg(msg.header, detections, query.instruction)
+        self.publisher.publish(out)
+        self.vision.publish(msg.header, out.detections, labels=query.phrases)
         self.frames_processed += 1
         if self.params["publish_debug_image"]:
             self.publish_debug(msg.header, annotate(rgb, detections))

@@ -15,6 +15,7 @@ from dino_vla.pick import localise_detections, localiser_settings
 from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
 from dino_vla.ros.messages import cloud_to_msg, markers_msg, objects_to_msg, stamp_ns
 from dino_vla.ros.node_base import ConfiguredNode, run_node
+from dino_vla.ros.vision_outputs import VisionOutputs
 
 
 class LocaliserNode(ConfiguredNode):
@@ -26,6 +27,7 @@ class LocaliserNode(ConfiguredNode):
         self.objects_publisher = self.create_publisher(DetectionArray, "objects", 10)
         self.cloud_publisher = self.create_publisher(PointCloud2, "object_cloud", 1)
         self.markers_publisher = self.create_publisher(MarkerArray, "markers", 1)
+        self.vision = VisionOutputs(self, "vision/objects", 3, "dino_vla localiser: masks + aligned depth (open3d)")
         self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth)
         self.get_logger().info(f"localising in {self.params['target_frame']!r}")
 
@@ -41,7 +43,9 @@ class LocaliserNode(ConfiguredNode):
         for err in (obj for obj in located if isinstance(obj, NoPointsError)):
             self.report(str(err), level="warning")
         header = Header(stamp=m.header.stamp, frame_id=self.params["target_frame"])
-        self.objects_publisher.publish(objects_to_msg(header, objects, m.instruction))
+        located_msg = objects_to_msg(header, objects, m.instruction)
+        self.objects_publisher.publish(located_msg)
+        self.vision.publish(header, located_msg.detections, m.instruction)
         self.markers_publisher.publish(markers_msg(header, objects))
         target = self._target_points(m.instruction, objects)
         if self.params["publish_clouds"] and target is not None:

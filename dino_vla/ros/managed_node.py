@@ -89,9 +89,10 @@ class ManagedNode(ConfiguredNode, LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         if self.runtime.device != self._device:
             self.runtime.to(self._device)
+        result = super().on_activate(state)   # the publishers first: activate() may publish (latched topics)
         self.activate()
         self.get_logger().info("active")
-        return super().on_activate(state)
+        return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_inputs()

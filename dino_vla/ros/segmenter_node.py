@@ -11,6 +11,7 @@ from dino_vla.pipeline.annotate import annotate
 from dino_vla.ros.messages import detections_from_msg, masks_to_msg
 from dino_vla.ros.node_base import run_node
 from dino_vla.ros.perception_node import PerceptionNode
+from dino_vla.ros.vision_outputs import VisionOutputs
 
 
 class SegmenterNode(PerceptionNode):
@@ -23,6 +24,8 @@ class SegmenterNode(PerceptionNode):
     def configure(self) -> None:
         super().configure()
         self.publisher = self.output(SegmentationMasks, "masks", 10)
+        self.vision = VisionOutputs(self, "vision/masks", 2, f"SAM {self.params['model']} (boxes from the detector)",
+                                    create=self.output)
 
     def activate(self) -> None:
         # images only wait in a small cache (no inference in this callback), so the camera QoS depth 1
@@ -59,6 +62,7 @@ class SegmenterNode(PerceptionNode):
             return
         masks = self.pipeline.segment(rgb, detections)
         self.publisher.publish(masks_to_msg(msg.header, msg, detections, masks, self.params["model"]))
+        self.vision.publish(msg.header, msg.detections, msg.instruction)
         self.frames_processed += 1
         if self.params["publish_debug_image"]:
             self.publish_debug(msg.header, annotate(rgb, detections, masks))

@@ -31,6 +31,8 @@ MODULE_KEYS = {
     "unique_identifier_msgs": "unique_identifier_msgs",
     "visualization_msgs": "visualization_msgs",
     "lifecycle_msgs": "lifecycle_msgs",
+    "vision_msgs": "vision_msgs",
+    "rosgraph_msgs": "rosgraph_msgs",
     "tf2_ros": "tf2_ros_py",           # the Python module tf2_ros is in the package tf2_ros_py
     "launch": "launch",
     "launch_ros": "launch_ros",
