@@ -141,6 +141,9 @@ class SimNode(ConfiguredNode):
                 if self._grasp_thread is not None and self._grasp_thread.is_alive():
                     outcome.reason = "busy: another grasp is executing"
                 else:
+                    # cleared here, on the thread on_stop runs on: a STOP handled before the grasp thread
+                    # gets the simulator stops this grasp (cleared in the grasp thread, it was lost)
+                    self._stop.clear()
                     self._grasp_thread = threading.Thread(target=self.execute, args=(grasp, msg, outcome))
                     self._grasp_thread.start()
                     return
@@ -159,7 +162,6 @@ class SimNode(ConfiguredNode):
         """In the grasp thread: execute, then answer on grasp_outcome."""
         factor = self.params["real_time_factor"]
         with self._sim_lock:
-            self._stop.clear()
             began = time.monotonic()
 
             def step_hook(sim_s: float) -> None:

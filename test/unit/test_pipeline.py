@@ -337,3 +337,15 @@ def test_config_missing_file(tmp_path):
 
 def test_config_error_is_a_value_error():
     assert issubclass(ConfigError, ValueError)
+
+
+def test_moving_the_models_keeps_the_results(pipeline, coffee):
+    """What a managed node's deactivate/activate does (models to the CPU and back): same outputs after; nothing to
+    give back when no model was on a GPU. Measuring the GPU memory given back needs a GPU (not here)."""
+    before = pipeline.run(coffee, "pick up the cup")
+    assert str(pipeline.device) == "cpu" and len(pipeline.models()) == 3
+    assert pipeline.to("cpu") == 0
+    after = pipeline.run(coffee, "pick up the cup")
+    np.testing.assert_allclose(after.features.patch_tokens, before.features.patch_tokens, rtol=1e-6)
+    np.testing.assert_array_equal(after.detections.boxes, before.detections.boxes)
+    np.testing.assert_array_equal(after.masks.masks, before.masks.masks)
