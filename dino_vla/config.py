@@ -116,6 +116,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
     "segmenter": _common(DEFAULT_MODELS["segmenter"]) + (
         ParamSpec("image_cache_size", 30, "recent images kept to pair with detections by stamp; must "
                   "cover camera rate x detector latency (30 = 1 s at 30 Hz)", range=(1, 300), read_only=True),
+        ParamSpec("crop_context", 0.0, "0: segment every box on the whole frame (one image encoding); > 0: each "
+                  "box in a square crop this many times its longer side (small objects get more mask pixels; "
+                  "one encoding per box). Use what the model was fine-tuned with (finetune-segmenter "
+                  "--crop-context)", range=(0.0, 10.0), read_only=True),
     ),
 }
 

@@ -16,7 +16,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--targets", nargs="+", help="catalogue objects to pick (default: cup bottle box block ball can)")
     p.add_argument("--distractors", type=int, default=3, help="other objects per scene (default 3)")
     p.add_argument("--first-seed", type=int, default=0)
-    add_perception_option(p)
+    add_perception_option(p, extra=("true-boxes",), extra_help="; true-boxes: the simulator's boxes of what the "
+                          "instruction names (a perfect detector), masked by the configured segmenter")
+    p.add_argument("--segmenter", help="SAM hub id or directory instead of the config's (e.g. a finetune-segmenter "
+                   "output)")
+    p.add_argument("--crop-context", type=float, help="the segmenter's crop_context instead of the config's")
     add_config_option(p, ("perception.yaml", "pick.yaml", "sim.yaml"))
     p.add_argument("--json", help="also write the figures and every episode to this JSON file")
     p.set_defaults(main=main)
@@ -25,7 +29,7 @@ def add_parser(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     from dino_vla.evaluation.episodes import table_lines, write_json
     from dino_vla.evaluation.pick import (DEFAULT_TARGETS, ORACLE, PLANNER, ground_truth_perception_of,
-                                          model_perception, run_pick_benchmark)
+                                          model_perception, run_pick_benchmark, segmenter_on_true_boxes)
     from dino_vla.models.loading import ModelUnavailableError
     from dino_vla.sim.scene import ORIGINAL_CATEGORIES, catalogue_object
     from dino_vla.sim.stand_in import SOURCE
@@ -39,7 +43,23 @@ def main(args: argparse.Namespace) -> int:
     if args.scenes < 1 or not 0 <= args.distractors < len(ORIGINAL_CATEGORIES):
         fail(f"--scenes must be >= 1 and --distractors in [0, {len(ORIGINAL_CATEGORIES) - 1}]")
     params = load_params(args)
-    if choose_perception(args, params)[0]:
+    if args.segmenter:
+        params["segmenter"]["model"] = args.segmenter
+    if args.crop_context is not None:
+        if not 0 <= args.crop_context <= 10:
+            fail("--crop-context must be in [0, 10]")
+        params["segmenter"]["crop_context"] = args.crop_context
+    if args.perception == "true-boxes":
+        from dino_vla.pipeline import PerceptionPipeline
+
+        try:
+            pipeline = PerceptionPipeline.from_config(params, stages=("segmenter",))
+        except ModelUnavailableError as err:
+            fail(str(err))
+        perceive = segmenter_on_true_boxes(pipeline)
+        segmenter = params["segmenter"]
+        source = f"simulator boxes + {segmenter['model']} (crop_context {segmenter['crop_context']:g})"
+    elif choose_perception(args, params)[0]:
         from dino_vla.pipeline import PerceptionPipeline
 
         try:

@@ -81,10 +81,10 @@ def choose_models(args: argparse.Namespace, params: dict[str, dict[str, Any]], s
     return choice
 
 
-def add_perception_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--perception", choices=PERCEPTION_CHOICES, default="auto",
+def add_perception_option(parser: argparse.ArgumentParser, extra: tuple[str, ...] = (), extra_help: str = "") -> None:
+    parser.add_argument("--perception", choices=PERCEPTION_CHOICES + extra, default="auto",
                         help="models: Grounding DINO + SAM; ground-truth: the simulator's segmentation; auto: the "
-                             "models when their pretrained weights can be had")
+                             "models when their pretrained weights can be had" + extra_help)
 
 
 def choose_perception(args: argparse.Namespace, params: dict[str, dict[str, Any]]) -> tuple[bool, str | None]:

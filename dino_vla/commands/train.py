@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from dino_vla.models.loading import ModelUnavailableError
     from dino_vla.models.random_init import build_random_models, is_random_model
     from dino_vla.policy.checkpoint import CheckpointError, write_model_card
+    from dino_vla.training_state import TrainingStateError
     from dino_vla.policy.train import TrainSettings, train
 
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
@@ -61,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         training = train(args.dataset, args.out, backbone, overrides, settings, resume=args.resume,
                          threads=args.threads or 0)
-    except (DatasetError, CheckpointError, ModelUnavailableError) as err:
+    except (DatasetError, CheckpointError, TrainingStateError, ModelUnavailableError) as err:
         fail(str(err))
     write_model_card(args.out, training)
     print(json.dumps({"checkpoint": args.out, "elapsed_s": training["elapsed_s"],

@@ -40,6 +40,16 @@ def model_perception(pipeline) -> Perceive:
     return perceive
 
 
+def segmenter_on_true_boxes(pipeline) -> Perceive:
+    """The simulator's boxes of what the instruction names (a perfect detector), masked by the pipeline's
+    segmenter: a segmenter's own effect on the pick, apart from detection."""
+    def perceive(sim: TabletopSim, frame: RenderedFrame, query: GroundingQuery) -> tuple[Detections, Masks]:
+        detections, _ = ground_truth_perception(sim, frame, query.phrases)
+        return detections, pipeline.segment(frame.rgb, detections)
+
+    return perceive
+
+
 def pick_episode(target: str, seed: int, distractors: int, planner: PickPlanner, camera_pose,
                  perceive: Perceive) -> Episode:
     """The planner's pick of `target`, then (scene reset) the oracle's, in random_scene(seed, target)."""

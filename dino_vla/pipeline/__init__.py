@@ -65,7 +65,7 @@ class PerceptionPipeline:
                                                         **{k: p[k] for k in _DETECTOR_SETTINGS})
         if "segmenter" in stages:
             p = params["segmenter"]
-            loaded["segmenter"] = Segmenter.load(p["model"], p["device"], p["dtype"])
+            loaded["segmenter"] = Segmenter.load(p["model"], p["device"], p["dtype"], p.get("crop_context", 0.0))
         return cls(**loaded)
 
     def models(self) -> list:

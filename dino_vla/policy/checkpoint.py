@@ -23,9 +23,9 @@ from dino_vla.models.random_init import is_random_model
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.policy.model import GraspPolicyNet, PolicyConfig
 from dino_vla.policy.tokens import TOKENS_VERSION
+from dino_vla.training_state import save_training_state
 
 WEIGHTS = "policy.safetensors"
-TRAINING_STATE = "training_state.safetensors"
 BACKBONE_DIR = "backbone"
 # The checkpoint that ships with the package: trained by `dino-vla train` on simulator demonstrations over
 # the tiny random-weight DINOv2 stored inside it (see its README).
@@ -71,7 +71,7 @@ def save_checkpoint(directory: str | Path, net: GraspPolicyNet, backbone: str, t
                                          "text_encoder": text_encoder, "training": json.dumps(training)})
     tmp.replace(directory / WEIGHTS)   # a crash mid-write leaves the previous checkpoint intact
     if optimizer is not None:
-        _save_training_state(directory, optimizer, step)
+        save_training_state(directory, optimizer, step)
     return directory
 
 
@@ -125,42 +125,6 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise CheckpointError(f"{directory}: weights do not fit the config (missing {missing[:3]}, "
                               f"unexpected {unexpected[:3]})")
     return net.to(device).eval(), info
-
-
-def _save_training_state(directory: Path, optimizer: torch.optim.Optimizer, step: int) -> None:
-    tensors, scalars = {"rng.torch": torch.get_rng_state()}, {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous().cpu()
-            else:
-                scalars[f"{index}.{key}"] = value
-    groups = [{k: v for k, v in g.items()} for g in optimizer.state_dict()["param_groups"]]
-    tmp = directory / (TRAINING_STATE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"step": str(step), "param_groups": json.dumps(groups),
-                                           "scalars": json.dumps(scalars)})
-    tmp.replace(directory / TRAINING_STATE)
-
-
-def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> int:
-    """Restore the optimiser and torch's RNG from a checkpoint; returns the step to continue from."""
-    path = Path(directory) / TRAINING_STATE
-    if not path.is_file():
-        raise CheckpointError(f"{directory} has no {TRAINING_STATE} to resume from")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    tensors = load_file(str(path))
-    state: dict[int, dict] = {}
-    for name, value in tensors.items():
-        if name.startswith("optimizer."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-    for name, value in json.loads(meta["scalars"]).items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-    torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"])
 
 
 def random_checkpoint(directory: str | Path, features_source: str, language_dim: int = 384,

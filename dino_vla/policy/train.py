@@ -21,7 +21,8 @@ from tqdm import tqdm
 from dino_vla.models.features import DinoFeatures
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
-from dino_vla.policy.checkpoint import load_checkpoint, load_training_state, read_info, save_checkpoint
+from dino_vla.policy.checkpoint import load_checkpoint, read_info, save_checkpoint
+from dino_vla.training_state import load_training_state
 from dino_vla.colour import colour_names
 from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
 from dino_vla.language import InstructionError, parse

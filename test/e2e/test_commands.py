@@ -19,7 +19,8 @@ from PIL import Image
 from dino_vla.sim.tasks import SPLITS, draw_task
 
 DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
-COMMANDS = ("sim-pick", "detect", "parse", "bench", "bench-pick", "launch", "record-sim", "train", "eval")
+COMMANDS = ("sim-pick", "detect", "parse", "bench", "bench-pick", "launch", "record-sim", "train", "eval",
+            "finetune-segmenter", "eval-perception")
 TEST_SET = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"
 UNCLAIMED_DOMAIN = 232
 
@@ -290,6 +291,43 @@ def test_record_sim_then_train_one_step_then_eval_it(env, tmp_path):
     assert evaluated.stdout.startswith("eval: 1 held-out scenes") and "checkpoint ck" in evaluated.stdout
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["checkpoint"] == "ck" and Path(report["backbone"]) == (tmp_path / "ck" / "backbone").resolve()
+
+
+def test_finetune_segmenter_then_resume_then_eval_perception(env, tmp_path):
+    assert dino_vla("record-sim", "-n", "2", "--out", "frames", env=env, cwd=tmp_path).returncode == 0
+    tuned = dino_vla("finetune-segmenter", "--data", "frames", "--out", "sam", "--steps", "2", "--batch-size", "2",
+                     "--threads", "1", env=env, cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr
+    assert first_line(tuned.stderr).startswith("NOTICE: starting from a RANDOM-WEIGHT tiny SAM")
+    assert json.loads(tuned.stdout.splitlines()[-1])["steps"] == 2
+    for name in ("model.safetensors", "config.json", "finetune_segmenter.json", "training_state.safetensors"):
+        assert (tmp_path / "sam" / name).is_file(), name
+    again = dino_vla("finetune-segmenter", "--data", "frames", "--out", "sam", "--steps", "2", env=env, cwd=tmp_path)
+    assert again.returncode == 1 and "already holds a fine-tuned segmenter" in again.stderr.splitlines()[-1]
+    resumed = dino_vla("finetune-segmenter", "--data", "frames", "--out", "sam", "--steps", "3", "--resume",
+                       env=env, cwd=tmp_path)
+    assert resumed.returncode == 0 and json.loads(resumed.stdout.splitlines()[-1])["steps"] == 3, resumed.stderr
+
+    scored = dino_vla("eval-perception", "--data", "frames", "--segmenter", "sam", "--segmenter",
+                      str(Path(env["XDG_CACHE_HOME"]) / "dino_vla" / "random-models" / "tiny-segmenter"),
+                      "--crop-context", "2", "--json", "scores.json", env=env, cwd=tmp_path)
+    assert scored.returncode == 0, scored.stderr
+    assert scored.stdout.splitlines()[0].split() == ["segmenter", "masks", "mean", "IoU", "IoU>=0.8"]
+    report = json.loads((tmp_path / "scores.json").read_text())
+    assert report["frames"] == 2 and len(report["segmenters"]) == 2
+    assert all(r["instances"] > 0 and 0 <= r["mean_iou"] <= 1 for r in report["segmenters"].values())
+
+    picked = dino_vla("bench-pick", "-n", "1", "--targets", "cup", "--perception", "true-boxes", "--segmenter", "sam",
+                      "--crop-context", "2", env=env, cwd=tmp_path)
+    assert picked.returncode == 0, picked.stderr
+    assert "perception: simulator boxes + sam (crop_context 2)" in picked.stderr
+    assert any(line.startswith("cup           1 |") for line in picked.stdout.splitlines()), picked.stdout
+
+    nothing = dino_vla("finetune-segmenter", "--data", "nothing", "--out", "x", env=env, cwd=tmp_path)
+    assert nothing.returncode == 1 and nothing.stderr.strip().splitlines()[-1] == (
+        "dino-vla: nothing is not a dataset (no meta/info.json)")
+    bad = dino_vla("eval-perception", "--data", "frames", "--segmenter", "no-such-sam", env=env, cwd=tmp_path)
+    assert bad.returncode == 1 and "no-such-sam" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_train_on_something_that_is_not_a_dataset(env, tmp_path):
