@@ -153,6 +153,9 @@ def _localisation() -> tuple[ParamSpec, ...]:
                   range=(1, 200)),
         ParamSpec("outlier_std_ratio", 2.0, "statistical outlier removal: std-dev multiple kept",
                   range=(0.1, 10.0)),
+        ParamSpec("cluster_eps_m", 0.02, "only the largest cluster of a mask's points (DBSCAN, neighbours within "
+                  "this distance) is the object: a mask bleeding past the outline takes in surfaces behind it. "
+                  "0: every point after outlier removal", range=(0.0, 1.0)),
     )
 
 

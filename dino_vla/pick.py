@@ -61,7 +61,8 @@ class PickSettings:
 def localiser_settings(params: dict[str, Any]) -> LocaliserSettings:
     return LocaliserSettings(depth_min_m=params["depth_min_m"], depth_max_m=params["depth_max_m"],
                              outlier_neighbours=params["outlier_neighbours"],
-                             outlier_std_ratio=params["outlier_std_ratio"], min_points=params["min_points"])
+                             outlier_std_ratio=params["outlier_std_ratio"], min_points=params["min_points"],
+                             cluster_eps_m=params["cluster_eps_m"])
 
 
 def localise_detections(frame: DepthFrame, detections: Detections, masks: Masks, settings: LocaliserSettings,

@@ -33,6 +33,10 @@ class LocaliserSettings:
     outlier_neighbours: int = 20       # statistical outlier removal: neighbours per point ...
     outlier_std_ratio: float = 2.0     # ... and how many standard deviations of mean distance are kept
     min_points: int = 30
+    # > 0: only the largest cluster of points (DBSCAN, neighbours within this distance) is the object. A mask
+    # that bleeds past the object's outline takes in surfaces behind it (with an oblique camera, the table
+    # several centimetres further back), which outlier removal keeps when they are many and dense.
+    cluster_eps_m: float = 0.0
 
     def __post_init__(self):
         if not (np.isfinite(self.depth_min_m) and np.isfinite(self.depth_max_m)
@@ -43,6 +47,8 @@ class LocaliserSettings:
         if self.outlier_neighbours < 1 or not self.outlier_std_ratio > 0:
             raise ValueError(f"need outlier_neighbours >= 1 and outlier_std_ratio > 0, got "
                              f"{self.outlier_neighbours}, {self.outlier_std_ratio}")
+        if not self.cluster_eps_m >= 0:
+            raise ValueError(f"cluster_eps_m must be >= 0 (0 = every point), got {self.cluster_eps_m}")
         if self.min_points < 1:
             raise ValueError(f"min_points must be >= 1, got {self.min_points}")
 
@@ -79,12 +85,22 @@ def localise(depth: DepthFrame, mask: np.ndarray, phrase: str, score: float,
 
 def _remove_outliers(points: np.ndarray, settings: LocaliserSettings) -> np.ndarray:
     """Mask edges bleed onto the background and depth has flying pixels: drop points whose mean distance to
-    their neighbours is far above the cloud's typical one."""
+    their neighbours is far above the cloud's typical one; with cluster_eps_m, keep the largest cluster."""
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
     if settings.voxel_size_m > 0:
         cloud = cloud.voxel_down_sample(settings.voxel_size_m)
     cloud, _ = cloud.remove_statistical_outlier(settings.outlier_neighbours, settings.outlier_std_ratio)
-    return np.asarray(cloud.points)
+    points = np.asarray(cloud.points)
+    if settings.cluster_eps_m > 0 and len(points) > 0:
+        # clustered on a grid a quarter of eps fine, so that the cost follows the object's size, not the
+        # camera's resolution; every point goes with its cell
+        cells, member_of = np.unique(np.floor(points / (settings.cluster_eps_m / 4)).astype(np.int64), axis=0,
+                                     return_inverse=True)
+        grid = o3d.geometry.PointCloud(o3d.utility.Vector3dVector((cells + 0.5) * (settings.cluster_eps_m / 4)))
+        labels = np.asarray(grid.cluster_dbscan(settings.cluster_eps_m, min_points=3))[member_of.ravel()]
+        if (labels >= 0).any():
+            return points[labels == np.bincount(labels[labels >= 0]).argmax()]
+    return points
 
 
 def principal_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

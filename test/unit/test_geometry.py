@@ -147,6 +147,20 @@ def test_far_outliers_inside_the_mask_are_removed(cup_view):
     assert cup_centre_error(obj, camera) < 0.005
 
 
+def test_a_mask_bleeding_onto_the_table_behind_keeps_the_object_with_clustering(cup_view):
+    """A mask grown 6 px upward in the image (what a segmenter's outline error does) takes in the table behind
+    the cup's rim, a dense patch outlier removal keeps: the largest cluster (cluster_eps_m) is the cup again."""
+    camera, depth, mask = cup_view
+    bled = mask.copy()
+    for shift in range(1, 7):
+        bled[:-shift] |= mask[shift:]
+    frame = DepthFrame(depth, INTRINSICS, CAMERA_FRAME)
+    clean = cup_centre_error(localise(frame, mask, "cup", 0.9), camera)
+    every_point = cup_centre_error(localise(frame, bled, "cup", 0.9), camera)
+    clustered = cup_centre_error(localise(frame, bled, "cup", 0.9, LocaliserSettings(cluster_eps_m=0.02)), camera)
+    assert every_point > clean + 0.01 and clustered < 0.005
+
+
 def test_empty_mask_and_no_depth_say_why():
     depth = np.full((INTRINSICS.height, INTRINSICS.width), 0.8, np.float32)
     mask = np.zeros(depth.shape, bool)
@@ -184,7 +198,8 @@ def test_depth_to_metres():
 
 
 @pytest.mark.parametrize("bad", [dict(depth_min_m=3.0, depth_max_m=1.0), dict(voxel_size_m=-0.01),
-                                 dict(outlier_neighbours=0), dict(outlier_std_ratio=0.0), dict(min_points=0)])
+                                 dict(outlier_neighbours=0), dict(outlier_std_ratio=0.0), dict(min_points=0),
+                                 dict(cluster_eps_m=-0.01)])
 def test_settings_are_validated(bad):
     with pytest.raises(ValueError):
         LocaliserSettings(**bad)
