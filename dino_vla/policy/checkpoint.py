@@ -117,7 +117,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     if info.config.tokens_version != TOKENS_VERSION:
         raise CheckpointError(f"{directory} was trained on version {info.config.tokens_version} tokens; this "
                               f"package builds version {TOKENS_VERSION} (parsed request text and one-hots, colours, "
-                              "a 'none' choice): train it again (dino-vla record-sim, then dino-vla train)")
+                              "a 'none' choice, each relation reference encoded alone for the reference "
+                              "pointer): train it again (dino-vla record-sim, then dino-vla train)")
     net = GraspPolicyNet(info.config)
     state = load_file(str(Path(directory) / WEIGHTS))
     missing, unexpected = net.load_state_dict(state, strict=False)

@@ -4,7 +4,14 @@ the pair's offset and distance, per layer and head: "the cup next to the box" is
 that plain attention over absolute positions learns slowly); a learned
 action query reads the fused sequence and points at one object token, or at a learned "none of these" token
 (the named object is not there: refuse), and regresses the grasp relative to the chosen object's box (offset,
-yaw turn, opening), in units normalised by statistics stored with the weights."""
+yaw turn, opening), in units normalised by statistics stored with the weights.
+
+Relations get a second, compositional route to the pointer: a reference pointer grounds each reference
+phrase (encoded alone, tokens.reference_vectors) to an object, trained on every relation's references, and
+a learned function of the relation type and a pair's relative position scores each object against the
+objects the references point at; that score is added to the object's pointer logit. Neither part sees the
+relation and the reference together, so "next to the jar" works when "next to" was learned with other
+references and "the jar" with other relations."""
 from __future__ import annotations
 
 import json
@@ -16,7 +23,8 @@ import torch
 from torch import nn
 
 from dino_vla.geometry.localise import LocaliserSettings
-from dino_vla.policy.tokens import GEOMETRY_DIM, REQUEST_DIM, TARGET_DIM, TOKENS_VERSION, ViewSettings
+from dino_vla.policy.tokens import (GEOMETRY_DIM, REQUEST_COLOURS, REQUEST_DIM, REQUEST_SIZES, TARGET_DIM,
+                                   TOKENS_VERSION, ViewSettings)
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class Batch:
     pooled: torch.Tensor         # (B, N, vision_dim)
     coverage: torch.Tensor       # (B, N)
     object_pad: torch.Tensor     # (B, N) bool
+    references: torch.Tensor     # (B, R, language_dim) each reference phrase's mean token state
+    reference_pad: torch.Tensor  # (B, R) bool
 
     def to(self, device) -> "Batch":
         return Batch(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
@@ -103,6 +113,10 @@ class GraspPolicyNet(nn.Module):
         self.register_buffer("geometry_std", torch.ones(GEOMETRY_DIM))
         self.register_buffer("target_mean", torch.zeros(TARGET_DIM))
         self.register_buffer("target_std", torch.ones(TARGET_DIM))
+        # the relation route: reference pointer, and the relation's score of a pair's relative position
+        self.reference_in = nn.Sequential(nn.LayerNorm(config.language_dim), nn.Linear(config.language_dim, d))
+        self.reference_key = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.relation_score = nn.Sequential(nn.Linear(PAIR_DIM + RELATION_DIM, d), nn.GELU(), nn.Linear(d, 1))
 
     def fit_statistics(self, geometry: np.ndarray, targets: np.ndarray) -> None:
         """Per-dimension mean and std of object geometry and grasp targets (std floored so a constant
@@ -118,12 +132,12 @@ class GraspPolicyNet(nn.Module):
     def denormalise_targets(self, normalised: torch.Tensor) -> torch.Tensor:
         return normalised * self.target_std + self.target_mean
 
-    def _fuse(self, tokens: torch.Tensor, pad: torch.Tensor, geometry: torch.Tensor, start: int) -> torch.Tensor:
+    def _fuse(self, tokens: torch.Tensor, pad: torch.Tensor, pairs: torch.Tensor, start: int) -> torch.Tensor:
         """The fusion encoder, with each layer's attention between the object tokens (at start..start+N)
-        biased by pair_bias of their relative position, and padded keys masked out."""
+        biased by pair_bias of their relative position (pairs: pair_features), and padded keys masked out."""
         b, length, _ = tokens.shape
-        n, heads, layers = geometry.shape[1], self.config.heads, self.config.fusion_layers
-        bias = self.pair_bias(pair_features(geometry)).view(b, n, n, layers, heads).permute(3, 0, 4, 1, 2)
+        n, heads, layers = pairs.shape[1], self.config.heads, self.config.fusion_layers
+        bias = self.pair_bias(pairs).view(b, n, n, layers, heads).permute(3, 0, 4, 1, 2)
         masks = tokens.new_zeros(layers, b, heads, length, length)
         masks[..., start:start + n, start:start + n] = bias
         masks = masks.masked_fill(pad[None, :, None, None, :], float("-inf"))
@@ -132,12 +146,15 @@ class GraspPolicyNet(nn.Module):
             out = layer(out, src_mask=mask.reshape(b * heads, length, length))
         return out
 
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, batch: Batch, with_references: bool = False):
         """(pointer logits (B, 1 + N): column 0 "none of these", then the objects, pads at -inf; normalised
-        grasp targets (B, N, TARGET_DIM) per object)."""
+        grasp targets (B, N, TARGET_DIM) per object); with_references, also the reference pointer's logits
+        (B, R, N) (pads at -1e9)."""
         geometry = (batch.geometry - self.geometry_mean) / self.geometry_std
-        objects = self.object_in(torch.cat([geometry, self.pooled_norm(batch.pooled),
-                                            batch.coverage.unsqueeze(-1)], -1)) + self.token_type[1]
+        embedded = self.object_in(torch.cat([geometry, self.pooled_norm(batch.pooled),
+                                             batch.coverage.unsqueeze(-1)], -1))
+        objects = embedded + self.token_type[1]
+        pairs = pair_features(batch.geometry)
         language = torch.cat([self.request_in(batch.request).unsqueeze(1), self.language_in(batch.language)], 1)
         language = language + self.token_type[0]
         language_pad = torch.cat([torch.zeros_like(batch.language_pad[:, :1]), batch.language_pad], 1)
@@ -147,19 +164,40 @@ class GraspPolicyNet(nn.Module):
         vision_pad = torch.zeros(vision.shape[:2], dtype=torch.bool, device=vision.device)
         choices_pad = torch.cat([torch.zeros_like(batch.object_pad[:, :1]), batch.object_pad], 1)
         pad = torch.cat([language_pad, choices_pad, vision_pad], 1)
-        fused = self._fuse(tokens, pad, batch.geometry, start=language.shape[1] + 1)
+        fused = self._fuse(tokens, pad, pairs, start=language.shape[1] + 1)
         query = self.reader(self.action_query.expand(len(tokens), -1, -1), fused, memory_key_padding_mask=pad)
         start = language.shape[1]
         choices = fused[:, start:start + 1 + objects.shape[1]]
         logits = torch.einsum("bd,bnd->bn", self.pointer_query(query[:, 0]), self.pointer_key(choices))
         logits = logits / math.sqrt(self.config.d_model)
-        logits = torch.cat([logits[:, :1] + self.none_bias, logits[:, 1:]], 1).masked_fill(choices_pad, float("-inf"))
+        reference_logits, relation = self._relation(batch, embedded, pairs)
+        logits = torch.cat([logits[:, :1] + self.none_bias, logits[:, 1:] + relation], 1)
+        logits = logits.masked_fill(choices_pad, float("-inf"))
         object_out = choices[:, 1:]
         paired = torch.cat([query.expand(-1, object_out.shape[1], -1), object_out], -1)
+        if with_references:
+            return logits, self.grasp_head(paired), reference_logits
         return logits, self.grasp_head(paired)
+
+    def _relation(self, batch: Batch, embedded: torch.Tensor, pairs: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reference logits (B, R, N), each object's relation score (B, N)): the relation's learned score of
+        object i's position relative to object j, summed over j weighted by how much the references point
+        at j (0 without references)."""
+        d = self.config.d_model
+        keys = self.reference_key(embedded)
+        reference_logits = torch.einsum("brd,bnd->brn", self.reference_in(batch.references), keys) / math.sqrt(d)
+        reference_logits = reference_logits.masked_fill(batch.object_pad[:, None, :], -1e9)
+        weights = (torch.softmax(reference_logits, -1) * (~batch.reference_pad).unsqueeze(-1).float()).sum(1)
+        b, n = weights.shape
+        relation = batch.request[:, -RELATION_DIM:]
+        scores = self.relation_score(torch.cat([pairs, relation[:, None, None, :].expand(b, n, n, -1)], -1))[..., 0]
+        scores = scores.masked_fill(torch.eye(n, dtype=torch.bool, device=scores.device), 0.0)
+        return reference_logits, torch.einsum("bij,bj->bi", scores, weights)
 
 
 PAIR_DIM = 5
+RELATION_DIM = REQUEST_DIM - len(REQUEST_COLOURS) - len(REQUEST_SIZES)   # the request's relation one-hot + anchor
 
 
 def pair_features(geometry: torch.Tensor) -> torch.Tensor:
@@ -173,8 +211,10 @@ def pair_features(geometry: torch.Tensor) -> torch.Tensor:
 
 
 def collate(language: list[np.ndarray], request: list[np.ndarray], vision: list[np.ndarray],
-            geometry: list[np.ndarray], pooled: list[np.ndarray], coverage: list[np.ndarray]) -> Batch:
-    """Pad B observations' token arrays into one Batch."""
+            geometry: list[np.ndarray], pooled: list[np.ndarray], coverage: list[np.ndarray],
+            references: list[np.ndarray] | None = None) -> Batch:
+    """Pad B observations' token arrays into one Batch; references: each observation's (R, language_dim)
+    tokens.reference_vectors (None: no references)."""
     def pad(arrays: list[np.ndarray], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         longest = max(1, max(len(a) for a in arrays))
         out = torch.zeros(len(arrays), longest, width)
@@ -188,6 +228,9 @@ def collate(language: list[np.ndarray], request: list[np.ndarray], vision: list[
     geometry_t, object_pad = pad(geometry, GEOMETRY_DIM)
     pooled_t, _ = pad(pooled, vision[0].shape[-1])
     coverage_t, _ = pad([np.asarray(c).reshape(-1, 1) for c in coverage], 1)
+    width = language[0].shape[-1]
+    references_t, reference_pad = pad([np.asarray(r, np.float32).reshape(-1, width) for r in references]
+                                      if references is not None else [np.zeros((0, width))] * len(language), width)
     return Batch(language_t, language_pad, torch.as_tensor(np.stack(request).astype(np.float32)),
                  torch.as_tensor(np.stack(vision).astype(np.float32)),
-                 geometry_t, pooled_t, coverage_t[..., 0], object_pad)
+                 geometry_t, pooled_t, coverage_t[..., 0], object_pad, references_t, reference_pad)

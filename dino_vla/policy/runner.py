@@ -18,8 +18,8 @@ from dino_vla.geometry.depth import DepthFrame
 from dino_vla.pick import PickFailure
 from dino_vla.policy.checkpoint import CheckpointInfo, load_checkpoint
 from dino_vla.policy.model import GraspPolicyNet, collate
-from dino_vla.policy.tokens import (ObjectTokens, grasp_from_target, language_text, object_tokens, request_vector,
-                                   vision_tokens)
+from dino_vla.policy.tokens import (ObjectTokens, grasp_from_target, language_text, object_tokens,
+                                   reference_vectors, request_vector, vision_tokens)
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
 
 
@@ -133,6 +133,7 @@ class GraspPolicy:
         observation's objects and a parsed instruction."""
         batch = collate([self._language(language_text(instruction))], [request_vector(instruction)],
                         [vision_tokens(features, self.info.config.view.vision_grid)],
-                        [objects.geometry], [objects.pooled], [objects.coverage]).to(self.device)
+                        [objects.geometry], [objects.pooled], [objects.coverage],
+                        [reference_vectors(instruction, self._language)]).to(self.device)
         logits, normalised = self.net(batch)
         return logits[0].cpu(), self.net.denormalise_targets(normalised[0]).cpu()

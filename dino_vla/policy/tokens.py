@@ -32,8 +32,10 @@ REQUEST_SIZES = ("big", "small", "tall", "short", "")
 REQUEST_RELATIONS = (*RELATION_TYPES, "")
 REQUEST_DIM = len(REQUEST_COLOURS) + len(REQUEST_SIZES) + len(REQUEST_RELATIONS) + 1
 # what tokens a checkpoint was trained on: 1 = the whole instruction's text, no colours, no "none" choice;
-# 2 = the parsed request's text, measured colours, "none"; 3 = 2 + the request token
-TOKENS_VERSION = 3
+# 2 = the parsed request's text, measured colours, "none"; 3 = 2 + the request token; 4 = 3 + reference tokens
+# (each reference phrase of a relation encoded alone), which a reference pointer grounds to an object
+TOKENS_VERSION = 4
+REFERENCE_SLOTS = 2     # references a relation names at most ("between the jar and the box")
 TARGET_DIM = 5      # dx, dy, dz (m, base frame), dyaw (rad), opening (m)
 TABLE_MARGIN_M = 0.005
 
@@ -121,6 +123,16 @@ def request_vector(instruction: Instruction) -> np.ndarray:
     out[offset + REQUEST_RELATIONS.index(relation.type if relation else "")] = 1.0
     out[-1] = float(relation is not None and relation.anchor == "robot")
     return out
+
+
+def reference_vectors(instruction: Instruction, encode) -> np.ndarray:
+    """(R, language_dim) float32: each reference phrase of the instruction's relation (none without one)
+    encoded alone by `encode` (text -> (T, language_dim) token states) and averaged over its tokens. Alone,
+    so "jar" reads the same whatever relation it is the reference of: grounding the reference is learned
+    from every relation and carries over to relation-reference pairs no demonstration names."""
+    references = instruction.relation.references if instruction.relation is not None else ()
+    vectors = [np.asarray(encode(r.phrase), np.float32).mean(0) for r in references]
+    return np.asarray(vectors, np.float32).reshape(len(vectors), -1) if vectors else np.zeros((0, 0), np.float32)
 
 
 def colour_one_hot(colours: tuple[str, ...], count: int) -> np.ndarray:

@@ -25,10 +25,11 @@ from dino_vla.policy.checkpoint import load_checkpoint, read_info, save_checkpoi
 from dino_vla.training_state import load_training_state
 from dino_vla.colour import colour_names
 from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
+from dino_vla.dataset.references import reference_objects
 from dino_vla.language import InstructionError, parse
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
-from dino_vla.policy.tokens import (TARGET_DIM, TOKENS_VERSION, ViewSettings, grasp_target, language_text,
-                                   object_tokens, request_vector, vision_tokens)
+from dino_vla.policy.tokens import (REFERENCE_SLOTS, TARGET_DIM, TOKENS_VERSION, ViewSettings, grasp_target,
+                                   language_text, object_tokens, reference_vectors, request_vector, vision_tokens)
 
 
 def crop_fraction(features: DinoFeatures) -> float:
@@ -58,6 +59,9 @@ class TokenTable:
     episode_task: torch.Tensor    # (E,)
     episode_row: torch.Tensor     # (E,) the target's row among its frame's object tokens, or NONE_ROW
     episode_target: torch.Tensor  # (E, 5) dx, dy, dz, dyaw, opening
+    reference: torch.Tensor       # (tasks, REFERENCE_SLOTS, Dl) tokens.reference_vectors, zero-padded
+    reference_count: torch.Tensor  # (tasks,)
+    episode_references: torch.Tensor  # (E, REFERENCE_SLOTS) each reference's row among the objects, or -1
     # kept only to fine-tune the backbone: its input images and each object token's patch weights
     pixels: torch.Tensor | None = None         # (F, 3, H, W) float16, preprocessed
     patch_weights: torch.Tensor | None = None  # (sum N_f, rows, cols)
@@ -71,13 +75,15 @@ class TokenTable:
     def batch(self, episodes: torch.Tensor, backbone: DinoFeatures | None = None
               ) -> tuple[Batch, torch.Tensor, torch.Tensor]:
         """(inputs, target rows, targets) of the given episode indices. With `backbone` (fine-tuning), the
-        vision and pooled object tokens are recomputed through it, differentiably."""
+        vision and pooled object tokens are recomputed through it, differentiably. The references' rows are
+        self.episode_references[episodes]."""
         frames, tasks = self.episode_frame[episodes], self.episode_task[episodes]
         lang = [self.language[int(self.language_offsets[t]):int(self.language_offsets[t + 1])].numpy() for t in tasks]
         parts = [self.objects(int(f)) for f in frames]
         batch = collate(lang, [self.request[t].numpy() for t in tasks], [self.vision[f].numpy() for f in frames],
                         [self.geometry[s].numpy() for s in parts],
-                        [self.pooled[s].numpy() for s in parts], [self.coverage[s].numpy() for s in parts])
+                        [self.pooled[s].numpy() for s in parts], [self.coverage[s].numpy() for s in parts],
+                        [self.reference[t, :int(self.reference_count[t])].numpy() for t in tasks])
         if backbone is not None:
             batch.vision, batch.pooled = self._tuned_tokens(backbone, frames, parts, batch)
         return batch, self.episode_row[episodes], self.episode_target[episodes]
@@ -106,7 +112,7 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
     for_finetuning also keeps the preprocessed images and the objects' patch weights."""
     vision, geometry, pooled, coverage, offsets, rows_of = [], [], [], [], [0], {}
     pixels, weights = [], []
-    anchors = {}
+    anchors, names = {}, {}
     for index, frame in tqdm(dataset.frames(), total=dataset.num_frames, desc="tokens", unit="frame",
                              file=sys.stderr, disable=not progress):
         feats = features.extract(frame.rgb)
@@ -125,6 +131,7 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         offsets.append(offsets[-1] + len(objects))
         rows_of[index] = {k: row for row, k in enumerate(objects.kept)}
         anchors[index] = objects.anchors
+        names[index] = frame.objects
     tasks = sorted({e.task_index: e.instruction for e in dataset.episodes}.items())
     understood = {}
     for task, instruction in tasks:
@@ -135,13 +142,37 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
     tasks = [(task, text_) for task, text_ in tasks if task in understood]
     language = [text.encode(language_text(understood[task])).tokens for task, _ in tasks]
     task_row = {task: i for i, (task, _) in enumerate(tasks)}
+    phrase_tokens: dict[str, np.ndarray] = {}
+
+    def encode(phrase: str) -> np.ndarray:
+        if phrase not in phrase_tokens:
+            phrase_tokens[phrase] = text.encode(phrase).tokens
+        return phrase_tokens[phrase]
+
+    reference = np.zeros((len(tasks), REFERENCE_SLOTS, text.dim), np.float32)
+    reference_count = np.zeros(len(tasks), np.int64)
+    for i, (task, _) in enumerate(tasks):
+        vectors = reference_vectors(understood[task], encode)[:REFERENCE_SLOTS]
+        if len(vectors):
+            reference[i, :len(vectors)] = vectors
+        reference_count[i] = len(vectors)
+
+    def reference_rows(e) -> list[int]:
+        """Each reference's row among the episode's frame's object tokens (-1: unknown or no token)."""
+        relation = understood[e.task_index].relation
+        nouns = [r.noun for r in relation.references][:REFERENCE_SLOTS] if relation is not None else []
+        found = reference_objects(names.get(e.frame_index, ()), nouns)
+        rows = [rows_of.get(e.frame_index, {}).get(k, -1) if k is not None else -1 for k in found]
+        return rows + [-1] * (REFERENCE_SLOTS - len(rows))
+
     kept, dropped, refused = [], 0, 0
     for e in dataset.episodes:
         if e.task_index not in task_row:
             refused += 1
             continue
         if e.target_object == ABSENT:     # choice 0: none of these
-            kept.append((e.frame_index, task_row[e.task_index], NONE_ROW, np.zeros(TARGET_DIM, np.float32)))
+            kept.append((e.frame_index, task_row[e.task_index], NONE_ROW, np.zeros(TARGET_DIM, np.float32),
+                         reference_rows(e)))
             continue
         row = rows_of.get(e.frame_index, {}).get(e.target_object) if e.target_object is not None else None
         if row is None:
@@ -149,7 +180,7 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
             continue
         target = grasp_target(np.asarray(e.grasp_position), e.grasp_yaw, e.grasp_width,
                               anchors[e.frame_index][row], e.extra.get("symmetry", 2))
-        kept.append((e.frame_index, task_row[e.task_index], row, target))
+        kept.append((e.frame_index, task_row[e.task_index], row, target, reference_rows(e)))
     if not kept:
         raise DatasetError(f"{dataset.root}: no episode has a target object with usable depth")
     table = TokenTable(
@@ -160,11 +191,14 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         torch.as_tensor(np.stack([request_vector(understood[task]) for task, _ in tasks])),
         torch.as_tensor([k[0] for k in kept]), torch.as_tensor([k[1] for k in kept]),
         torch.as_tensor([k[2] for k in kept]), torch.as_tensor(np.stack([k[3] for k in kept])),
+        torch.as_tensor(reference), torch.as_tensor(reference_count),
+        torch.as_tensor(np.asarray([k[4] for k in kept], np.int64).reshape(-1, REFERENCE_SLOTS)),
         torch.stack(pixels) if for_finetuning else None,
         torch.as_tensor(np.concatenate(weights)) if for_finetuning else None)
     return table, {"episodes": len(dataset), "used": len(kept), "dropped_no_target_token": dropped,
                    "dropped_refused_instruction": refused,
-                   "absent": sum(1 for k in kept if k[2] == NONE_ROW)}
+                   "absent": sum(1 for k in kept if k[2] == NONE_ROW),
+                   "references_grounded": sum(sum(r >= 0 for r in k[4]) for k in kept)}
 
 
 def cached_tokens(dataset: Dataset, backbone: str, view: ViewSettings, text: TextEncoder,
@@ -199,9 +233,14 @@ def split_by_frame(table: TokenTable, validation_fraction: float, seed: int) -> 
 def losses(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor, backbone: DinoFeatures | None = None
            ) -> tuple[torch.Tensor, dict]:
     batch, rows, targets = table.batch(episodes, backbone)
-    logits, predicted = net(batch)
+    logits, predicted, reference_logits = net(batch, with_references=True)
     choices = rows + 1                      # column 0 of the logits is "none of these"
     pointer = torch.nn.functional.cross_entropy(logits, choices)
+    # the reference pointer: each reference phrase -> the one object it names, where the dataset knows it
+    reference_rows = table.episode_references[episodes][:, :reference_logits.shape[1]]
+    grounded = reference_rows >= 0
+    reference = torch.nn.functional.cross_entropy(reference_logits[grounded], reference_rows[grounded]) \
+        if grounded.any() else logits.new_zeros(())
     present = rows != NONE_ROW
     chosen = predicted[torch.arange(len(rows)), rows.clamp_min(0)][present]
     targets = targets[present]
@@ -211,11 +250,14 @@ def losses(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tensor, backb
         grasp = net.denormalise_targets(chosen)
         picked = logits.argmax(1)
         metrics = {"pointer_accuracy": float((picked == choices).float().mean()),
+                   "reference_accuracy": float((reference_logits[grounded].argmax(-1) == reference_rows[grounded])
+                                               .float().mean()) if grounded.any() else None,
                    "none_accuracy": float((picked[~present] == 0).float().mean()) if (~present).any() else None,
                    "position_error_cm": float((grasp[:, :3] - targets[:, :3]).norm(dim=1).mean() * 100),
                    "yaw_error_deg": float((grasp[:, 3] - targets[:, 3]).abs().mean().rad2deg()),
                    "width_error_cm": float((grasp[:, 4] - targets[:, 4]).abs().mean() * 100)}
-    return pointer + regression, {"pointer_loss": pointer.item(), "regression_loss": regression.item(), **metrics}
+    return pointer + regression + reference, {"pointer_loss": pointer.item(), "regression_loss": regression.item(),
+                                              "reference_loss": reference.item(), **metrics}
 
 
 @torch.no_grad()
@@ -226,13 +268,15 @@ def evaluate_table(net: GraspPolicyNet, table: TokenTable, episodes: torch.Tenso
     for start in range(0, len(episodes), batch_size):
         chunk = episodes[start:start + batch_size]
         _, metrics = losses(net, table, chunk, backbone)
-        absent = int((table.episode_row[chunk] == NONE_ROW).sum())
+        counts = {"none_accuracy": int((table.episode_row[chunk] == NONE_ROW).sum()),
+                  "reference_accuracy": int((table.episode_references[chunk] >= 0).sum())}
         for k, v in metrics.items():
-            if v is not None:     # none_accuracy is a mean over the chunk's absent episodes only
-                totals[k] = totals.get(k, 0.0) + v * (absent if k == "none_accuracy" else len(chunk))
+            if v is not None:     # none_accuracy (reference_accuracy) is a mean over absent episodes (references)
+                totals[k] = totals.get(k, 0.0) + v * counts.get(k, len(chunk))
     net.train()
-    absent = int((table.episode_row[episodes] == NONE_ROW).sum())
-    return {k: round(v / max(absent if k == "none_accuracy" else len(episodes), 1), 4) for k, v in totals.items()}
+    counts = {"none_accuracy": int((table.episode_row[episodes] == NONE_ROW).sum()),
+              "reference_accuracy": int((table.episode_references[episodes] >= 0).sum())}
+    return {k: round(v / max(counts.get(k, len(episodes)), 1), 4) for k, v in totals.items()}
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,10 @@ from dino_vla.policy.model import GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.runner import GraspPolicy, PolicyFailure
 from dino_vla.dataset.sim_recording import record_sim_demonstrations
 from dino_vla.policy.tokens import (GEOMETRY_DIM, REQUEST_COLOURS, REQUEST_DIM, REQUEST_RELATIONS, REQUEST_SIZES,
-                                    TARGET_DIM, fold_angle, grasp_from_target, grasp_target, language_text,
-                                    patch_weights, request_vector)
+                                    TARGET_DIM, TOKENS_VERSION, fold_angle, grasp_from_target, grasp_target,
+                                    language_text, patch_weights, reference_vectors, request_vector)
+from dino_vla.dataset.references import reference_objects
+from dino_vla.policy.checkpoint import save_checkpoint
 from dino_vla.policy.train import TrainSettings, train
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import CAMERA_FRAME, catalogue_object, varied_scene
@@ -186,6 +188,56 @@ def test_network_is_blind_to_object_order_and_sees_relative_positions():
     moved = geometry.copy()
     moved[3, :2] += 0.3
     assert not torch.allclose(net(collate(*inputs, [moved], [pooled], [np.ones(4)]))[0][0][1:3], logits[1:3])
+
+
+def test_reference_tokens_encode_each_reference_alone():
+    def encode(text):      # a stand-in text encoder: one token per word, its length and first letter
+        return np.array([[len(w), ord(w[0])] for w in text.split()], np.float32)
+
+    assert reference_vectors(parse("grab the mug beside the jar"), encode).tolist() == [[3.0, ord("j")]]
+    two = reference_vectors(parse("grab the ball between the glass and the red brick"), encode)
+    assert two.shape == (2, 2) and two[1].tolist() == [(3 + 5) / 2, (ord("r") + ord("b")) / 2]
+    # the same reference reads the same whatever the relation
+    assert np.array_equal(reference_vectors(parse("grab the cup left of the jar"), encode),
+                          reference_vectors(parse("grab the cup near the jar"), encode))
+    assert len(reference_vectors(parse("grab the cup"), encode)) == 0
+    assert len(reference_vectors(parse("grab the cup on the far left"), encode)) == 0
+    # which recorded instance each reference noun names: only one of its kind counts
+    assert reference_objects(("cup", "cup_2", "jar", "block"), ["jar", "brick", "mug", "plate"]) == [2, 3, None, None]
+    assert reference_objects(("object", "object"), ["jar"]) == [None]
+
+
+def test_relation_route_scores_objects_by_where_the_references_are():
+    torch.manual_seed(0)
+    net = GraspPolicyNet(PolicyConfig(vision_dim=8, language_dim=12, d_model=16, heads=2)).eval()
+    rng = np.random.default_rng(2)
+    geometry, pooled = rng.normal(size=(4, GEOMETRY_DIM)), rng.normal(size=(4, 8))
+    request = request_vector(parse("grab the cup next to the jar"))
+    inputs = ([rng.normal(size=(5, 12))], [request], [rng.normal(size=(16, 8))], [geometry], [pooled],
+              [np.ones(4)])
+    reference = rng.normal(size=(1, 12))
+    logits, _, reference_logits = net(collate(*inputs, [reference]), with_references=True)
+    assert reference_logits.shape == (1, 1, 4)
+    # without references the relation route adds nothing
+    none, _, empty = net(collate(*inputs), with_references=True)
+    batch = collate(*inputs)
+    assert empty.shape[1] == 1 and batch.reference_pad.all()
+    assert torch.allclose(net(collate(*inputs, [np.zeros((0, 12))]))[0], none)
+    assert not torch.allclose(logits[0, 1:], none[0, 1:])
+    # in a batch, a sample without references is unaffected by another's
+    two = collate(inputs[0] * 2, inputs[1] * 2, inputs[2] * 2, inputs[3] * 2, inputs[4] * 2, inputs[5] * 2,
+                  [reference, np.zeros((0, 12))])
+    both = net(two)[0]
+    assert torch.allclose(both[0], logits[0], atol=1e-5) and torch.allclose(both[1], none[0], atol=1e-5)
+
+
+def test_checkpoints_of_other_token_versions_are_refused(tmp_path):
+    net = GraspPolicyNet(PolicyConfig(vision_dim=8, language_dim=12, d_model=16, heads=2,
+                                      tokens_version=TOKENS_VERSION - 1))
+    save_checkpoint(tmp_path / "old", net, "backbone", "text", {"untrained": True})
+    with pytest.raises(CheckpointError, match=f"version {TOKENS_VERSION - 1} tokens.*builds version "
+                                              f"{TOKENS_VERSION}.*train it again"):
+        load_checkpoint(tmp_path / "old")
 
 
 def test_config_rejects_bad_sizes():
