@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections import OrderedDict
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -18,10 +19,47 @@ from dino_vla.types import Detections
 DEFAULT_MODEL = DEFAULT_MODELS["detector"]
 
 
+class PromptCache:
+    """Grounding DINO runs its text backbone on the prompt for every frame, although the prompt changes only
+    with the instruction: the backbone's outputs for the last few prompts are kept and given back. It wraps the
+    backbone's forward in place (weights and state dict untouched) and steps aside while gradients are on."""
+
+    def __init__(self, backbone: torch.nn.Module, size: int = 4):
+        self._forward, self.size = backbone.forward, size
+        self._outputs: OrderedDict[tuple, Any] = OrderedDict()
+        self.hits = self.misses = 0
+        backbone.forward = self
+
+    def __call__(self, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return self._forward(*args, **kwargs)
+        key = tuple(map(_key, args)) + tuple((name, _key(value)) for name, value in sorted(kwargs.items()))
+        if key in self._outputs:
+            self.hits += 1
+            self._outputs.move_to_end(key)
+            return self._outputs[key]
+        self.misses += 1
+        out = self._outputs[key] = self._forward(*args, **kwargs)
+        while len(self._outputs) > self.size:
+            self._outputs.popitem(last=False)
+        return out
+
+
+def _key(value) -> Any:
+    """Tensors by content, device and dtype (a model moved to another device misses, as it must)."""
+    if isinstance(value, torch.Tensor):
+        return str(value.device), str(value.dtype), tuple(value.shape), value.detach().cpu().numpy().tobytes()
+    return value
+
+
 class GroundingDetector:
     def __init__(self, model, processor, name: str, box_threshold: float = 0.35,
                  text_threshold: float = 0.25, nms_iou: float = 0.5, max_detections: int = 20):
         self.model = model
+        # one cache per model, also when several detectors share it (with other thresholds)
+        backbone = getattr(getattr(model, "model", None), "text_backbone", None)
+        self.prompt_cache = None if backbone is None else \
+            backbone.forward if isinstance(backbone.forward, PromptCache) else PromptCache(backbone)
         self.processor = processor
         self.name = name
         self.box_threshold = box_threshold

@@ -415,3 +415,38 @@ def test_unknown_dtype_is_rejected(dtype):
                                              ("bfloat16", torch.bfloat16)])
 def test_dtype_resolution_on_cpu(dtype, expected):
     assert resolve_dtype(dtype, torch.device("cpu")) == expected
+
+
+def test_the_prompt_encoding_is_computed_once_per_prompt_with_identical_results(tiny_models, coffee):
+    """Grounding DINO's text backbone runs once per prompt (PromptCache); every frame's boxes and scores equal an
+    uncached model's, bit for bit, also after the prompt changes and changes back."""
+    from dino_vla.models.detector import GroundingDetector
+
+    cached = GroundingDetector.load(tiny_models.detector, "cpu", "float32", box_threshold=0.0, text_threshold=0.0)
+    uncached = GroundingDetector.load(tiny_models.detector, "cpu", "float32", box_threshold=0.0, text_threshold=0.0)
+    uncached.model.model.text_backbone.forward = uncached.prompt_cache._forward   # the backbone as transformers has it
+    frames = [coffee, coffee[::-1].copy(), coffee[:, ::-1].copy()]
+    for phrases in (["cup"], ["red mug", "laptop"], ["cup"]):
+        for frame in frames:
+            a, b = cached.detect(frame, phrases), uncached.detect(frame, phrases)
+            assert len(a) > 0 and a.phrases == b.phrases
+            np.testing.assert_array_equal(a.boxes, b.boxes)
+            np.testing.assert_array_equal(a.scores, b.scores)
+    assert (cached.prompt_cache.misses, cached.prompt_cache.hits) == (2, 7)   # "cup" is still cached the 2nd time
+    assert uncached.prompt_cache.misses == uncached.prompt_cache.hits == 0
+
+
+def test_the_prompt_cache_steps_aside_while_training(tiny_models):
+    """With gradients on (fine-tuning) every call runs the backbone, so gradients reach its weights."""
+    import torch
+
+    from dino_vla.models.detector import GroundingDetector
+
+    detector = GroundingDetector.load(tiny_models.detector, "cpu", "float32")
+    tokens = detector.processor.tokenizer("cup .", return_tensors="pt")
+    backbone = detector.model.model.text_backbone
+    with torch.enable_grad():
+        backbone(tokens["input_ids"]).last_hidden_state.sum().backward()
+        backbone(tokens["input_ids"])
+    assert detector.prompt_cache.hits == detector.prompt_cache.misses == 0
+    assert any(p.grad is not None for p in backbone.parameters())
