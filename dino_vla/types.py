@@ -55,6 +55,12 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), (), image_size)
 
 
+def tight_box(mask: np.ndarray) -> np.ndarray:
+    """The xyxy pixel box (x1, y1 exclusive) around a non-empty boolean mask, float32."""
+    rows, cols = np.nonzero(mask)
+    return np.array([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1], np.float32)
+
+
 @dataclass(frozen=True)
 class Masks:
     """Instance masks aligned with a Detections object (mask i belongs to detection i)."""

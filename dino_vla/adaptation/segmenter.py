@@ -26,6 +26,7 @@ from dino_vla.dataset.format import Dataset, DatasetError
 from dino_vla.models.loading import load_model_and_processor
 from dino_vla.adaptation.settings import SegmenterTraining
 from dino_vla.models.segmenter import Segmenter, crop_window
+from dino_vla.types import tight_box
 from dino_vla.training_state import TrainingStateError, load_training_state, save_training_state
 
 TRAINING_FILE = "finetune_segmenter.json"
@@ -61,11 +62,6 @@ def split_frames(num_frames: int, validation_fraction: float, seed: int, max_fra
         order = order[:max_frames]
     held = max(1, int(round(validation_fraction * len(order)))) if len(order) > 1 else 0
     return sorted(order[held:].tolist()), sorted(order[:held].tolist())
-
-
-def tight_box(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
 class Examples:

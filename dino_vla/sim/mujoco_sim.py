@@ -21,7 +21,7 @@ from dino_vla.instruction import normalise_phrases  # noqa: E402
 from dino_vla.sim.scene import (  # noqa: E402
     BASE_FRAME, CAMERA_FRAME, CAMERA_NAME, GRIPPER_HOME, GRIPPER_MAX_OPENING, TABLE_HEIGHT, CatalogueObject,
     SceneSpec, to_mjcf)
-from dino_vla.types import CameraIntrinsics, Detections, Grasp, Masks, RigidTransform  # noqa: E402
+from dino_vla.types import CameraIntrinsics, Detections, Grasp, Masks, RigidTransform, tight_box  # noqa: E402
 
 __all__ = ["TABLE_HEIGHT", "GraspOutcome", "RenderedFrame", "TabletopSim"]
 
@@ -201,8 +201,7 @@ class TabletopSim:
             mask = frame.segmentation == self.segmentation_ids[name]
             if mask.sum() < min_pixels:
                 continue
-            rows, cols = np.nonzero(mask)
-            boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+            boxes.append(tight_box(mask))
             masks.append(mask)
             kept.append(phrase)
             colours.append(self._kinds[name].colour)

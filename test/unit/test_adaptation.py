@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from dino_vla.adaptation.segmenter import (Examples, evaluate_masks, finetune_segmenter, instances, mask_losses,
-                                           split_frames, tight_box)
+                                           split_frames)
 from dino_vla.adaptation.settings import SegmenterTraining
 from dino_vla.dataset.format import Dataset, DatasetError, DatasetWriter
 from dino_vla.dataset.sim_recording import record_sim_demonstrations
 from dino_vla.models.segmenter import MIN_CROP_PX, Segmenter, crop_window
 from dino_vla.training_state import TrainingStateError
+from dino_vla.types import tight_box
 
 
 @pytest.fixture(scope="module")
