@@ -81,6 +81,9 @@ _AUTOSTART = ParamSpec("autostart", True, "a managed (lifecycle) node: true = co
                        "activate itself at start-up, exiting 1 when the model cannot load, as `ros2 run` users "
                        "expect; false = start unconfigured and wait for lifecycle transitions (the launch files "
                        "and dino-vla's starters, a lifecycle manager, `ros2 lifecycle set`)", read_only=True)
+_REDETECT_EVERY = ParamSpec("redetect_every", 30, "with tracking: at most this many frames from one run of the "
+                            "model to the next (1 = every frame); the detector's detections (the segmenter's "
+                            "masks) are carried over on the frames in between", range=(1, 100000))
 
 
 def _common(default_model: str) -> tuple[ParamSpec, ...]:
@@ -112,6 +115,17 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "instruction names, labelled with its phrases) or all_objects (every object Grounding DINO "
                   "finds for the prompt `object`, each labelled `object`: the class-agnostic masks the VLA "
                   "policy grounds the instruction in)", choices=("instruction", "all_objects")),
+        ParamSpec("tracking", False, "detect, then track: Grounding DINO runs on the first frame, every "
+                  "redetect_every frames, on an instruction, threshold or image size change, and on any frame "
+                  "where an object's tracking confidence falls below min_tracking_confidence; on the frames in "
+                  "between the last boxes follow their objects by optical flow (milliseconds on a CPU) and the "
+                  "detections say provenance `tracked` and how old the last detection is. false: Grounding "
+                  "DINO on every frame"),
+        _REDETECT_EVERY,
+        ParamSpec("min_tracking_confidence", 0.5, "with tracking: the share of an object's keyframe corners whose "
+                  "flow agrees on one motion, and of its pixels that still look the same, below which it counts "
+                  "as lost (occluded, removed, moved too fast) and the detector runs on that frame",
+                  range=(0.0, 1.0)),
     ),
     "segmenter": _common(DEFAULT_MODELS["segmenter"]) + (
         ParamSpec("image_cache_size", 30, "recent images kept to pair with detections by stamp; must "
@@ -120,6 +134,11 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "box in a square crop this many times its longer side (small objects get more mask pixels; "
                   "one encoding per box). Use what the model was fine-tuned with (finetune-segmenter "
                   "--crop-context)", range=(0.0, 10.0), read_only=True),
+        ParamSpec("tracking", False, "with the detector's tracking on: detections marked `tracked` get the "
+                  "masks SAM made for their detection, moved and scaled with their boxes, instead of SAM running "
+                  "again (it runs when their detection's masks were not made here, e.g. a dropped message). "
+                  "false: SAM on every detection array, tracked or not"),
+        _REDETECT_EVERY,
     ),
 }
 

@@ -84,6 +84,30 @@ class Masks:
         return labels
 
 
+DETECTED, TRACKED = "detected", "tracked"   # Provenance.kind
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where one frame's detections (and masks) come from: the detector on this frame, or carried over from the
+    last detection by tracking (pipeline/tracking.py). Times are in nanoseconds of one clock: header stamps in
+    the nodes, the monotonic clock elsewhere."""
+
+    kind: str                      # DETECTED or TRACKED
+    frames_since_detection: int    # 0 when detected
+    detection_stamp_ns: int        # time of the frame the detector last ran on (= stamp_ns when detected)
+    stamp_ns: int                  # time of this frame
+    confidence: float = 1.0        # tracking confidence of the least sure object; 1 when detected
+
+    def __post_init__(self):
+        if self.kind not in (DETECTED, TRACKED):
+            raise ValueError(f"provenance must be {DETECTED!r} or {TRACKED!r}, got {self.kind!r}")
+
+    @property
+    def detection_age_s(self) -> float:
+        return (self.stamp_ns - self.detection_stamp_ns) / 1e9
+
+
 @dataclass(frozen=True)
 class LanguageTokens:
     """Token embeddings of an instruction ("language tokens") and its pooled sentence vector."""

@@ -14,7 +14,7 @@ from dino_vla.instruction import GroundingQuery, parse_instruction
 from dino_vla.models.detector import GroundingDetector
 from dino_vla.models.features import DinoFeatures
 from dino_vla.models.segmenter import Segmenter
-from dino_vla.types import Detections, Features, Masks
+from dino_vla.types import Detections, Features, Masks, Provenance
 
 STAGES = ("features", "detector", "segmenter")
 _DETECTOR_SETTINGS = ("box_threshold", "text_threshold", "nms_iou", "max_detections")
@@ -27,6 +27,7 @@ class PerceptionResult:
     masks: Masks | None
     features: Features | None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    provenance: Provenance | None = None   # detected or tracked (DetectThenTrack); None from the per-frame run
 
 
 def validate_image(image: np.ndarray) -> np.ndarray:

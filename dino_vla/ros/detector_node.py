@@ -1,6 +1,8 @@
 """detector node: camera image + instruction -> Grounding DINO boxes (dino_vla/DetectionArray on
 `detections`). The instruction changes at run time on the `instruction` topic or parameter. With
-masks_scope all_objects the boxes are of every object (prompt `object`), whatever the instruction names."""
+masks_scope all_objects the boxes are of every object (prompt `object`), whatever the instruction names.
+With tracking on, Grounding DINO runs on some frames only and the boxes are tracked in between
+(pipeline/tracking.py); every DetectionArray says which, and how old its detection is."""
 from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -11,7 +13,7 @@ from dino_vla.config import ConfigError
 from dino_vla.instruction import GroundingQuery, InstructionError, parse_instruction
 from dino_vla.msg import DetectionArray
 from dino_vla.pipeline.annotate import annotate
-from dino_vla.ros.messages import detections_to_msg
+from dino_vla.ros.messages import detections_to_msg, stamp_ns
 from dino_vla.ros.node_base import run_node
 from dino_vla.ros.perception_node import PerceptionNode
 from dino_vla.ros.vision_outputs import VisionOutputs
@@ -21,6 +23,7 @@ _THRESHOLDS = ("box_threshold", "text_threshold", "nms_iou", "max_detections")
 
 class DetectorNode(PerceptionNode):
     STAGE = "detector"
+    TRACKING = True
 
     def configure(self) -> None:
         super().configure()
@@ -53,6 +56,7 @@ class DetectorNode(PerceptionNode):
     def apply_parameters(self, updated) -> None:
         if self.pipeline is None:   # unconfigured: configure takes the new values
             return
+        super().apply_parameters(updated)
         if "instruction" in updated or "masks_scope" in updated:
             # InstructionError rejects the change
             self.query = self.query_for(updated.get("instruction", self.query.instruction),
@@ -61,6 +65,7 @@ class DetectorNode(PerceptionNode):
         for name in _THRESHOLDS:
             if name in updated:
                 setattr(self.pipeline.detector, name, updated[name])
+                self.perception.reset()   # boxes found with other thresholds are not worth following
         self.vision.threshold = updated.get("box_threshold", self.vision.threshold)
 
     def on_instruction(self, msg: String) -> None:
@@ -76,8 +81,9 @@ class DetectorNode(PerceptionNode):
         if rgb is None:
             return
         query = self.query
-        detections = self.pipeline.detect(rgb, query)
-        out = detections_to_msg(msg.header, detections, query.instruction)
+        result = self.perception.step(rgb, query, stamp_ns(msg.header))
+        detections = result.detections
+        out = detections_to_msg(msg.header, detections, query.instruction, result.provenance)
         self.publisher.publish(out)
         self.vision.publish(msg.header, out.detections, labels=query.phrases)
         self.frames_processed += 1

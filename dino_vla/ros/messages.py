@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-from builtin_interfaces.msg import Duration
+from builtin_interfaces.msg import Duration, Time
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
@@ -13,7 +13,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dino_vla.geometry.transforms import matrix_from_quaternion, quaternion_from_matrix
 from dino_vla.msg import Detection, DetectionArray, DinoFeatures, GraspCommand, SegmentationMasks
 from dino_vla.ros.conversions import ImageConversionError, image_to_numpy, numpy_to_image
-from dino_vla.types import CameraIntrinsics, Detections, Features, Grasp, Masks, Object3D
+from dino_vla.types import DETECTED, TRACKED, CameraIntrinsics, Detections, Features, Grasp, Masks, Object3D, Provenance
 
 
 def _detection(header: Header, index: int, box: np.ndarray, phrase: str, score: float) -> Detection:
@@ -22,10 +22,33 @@ def _detection(header: Header, index: int, box: np.ndarray, phrase: str, score: 
                      center_x=(x0 + x1) / 2, center_y=(y0 + y1) / 2, size_x=x1 - x0, size_y=y1 - y0)
 
 
-def detections_to_msg(header: Header, detections: Detections, instruction: str = "") -> DetectionArray:
-    return DetectionArray(header=header, instruction=instruction, detections=[
+def detections_to_msg(header: Header, detections: Detections, instruction: str = "",
+                      provenance: Provenance | None = None) -> DetectionArray:
+    """provenance None: detected on this image (every source but a tracking detector)."""
+    msg = DetectionArray(header=header, instruction=instruction, detections=[
         _detection(header, i, detections.boxes[i], detections.phrases[i], detections.scores[i])
         for i in range(len(detections))])
+    if provenance is None:
+        msg.provenance, msg.detection_stamp, msg.tracking_confidence = DETECTED, header.stamp, 1.0
+    else:
+        msg.provenance, msg.frames_since_detection = provenance.kind, provenance.frames_since_detection
+        msg.tracking_confidence = provenance.confidence
+        msg.detection_age_s, msg.detection_stamp = provenance.detection_age_s, _time(provenance.detection_stamp_ns)
+    return msg
+
+
+def provenance_from_msg(msg: DetectionArray) -> Provenance:
+    """What the message says about its detections' origin. Anything not marked tracked (publishers that predate
+    the field leave it empty) was detected on its own image."""
+    stamp = stamp_ns(msg.header)
+    if msg.provenance != TRACKED:
+        return Provenance(DETECTED, 0, stamp, stamp)
+    detected = msg.detection_stamp.sec * 1_000_000_000 + msg.detection_stamp.nanosec
+    return Provenance(TRACKED, msg.frames_since_detection, detected, stamp, msg.tracking_confidence)
+
+
+def _time(ns: int) -> Time:
+    return Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
 def detections_from_msg(msg: DetectionArray, image_size: tuple[int, int]) -> Detections:
@@ -43,7 +66,12 @@ def masks_to_msg(header: Header, detections_msg: DetectionArray, detections: Det
     return SegmentationMasks(header=header, labels=numpy_to_image(labels, encoding, header),
                              detections=list(detections_msg.detections),
                              mask_scores=masks.scores.astype(np.float32).tolist(), colours=list(masks.colours),
-                             source=source, instruction=detections_msg.instruction)
+                             source=source, instruction=detections_msg.instruction,
+                             provenance=detections_msg.provenance,
+                             frames_since_detection=detections_msg.frames_since_detection,
+                             tracking_confidence=detections_msg.tracking_confidence,
+                             detection_age_s=detections_msg.detection_age_s,
+                             detection_stamp=detections_msg.detection_stamp)
 
 
 def masks_from_msg(msg: SegmentationMasks) -> tuple[Detections, Masks]:

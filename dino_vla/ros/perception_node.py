@@ -1,5 +1,6 @@
 """Base of the three model nodes (features, detector, segmenter): managed nodes (ros/managed_node.py) whose
-configure loads their pipeline stage; image conversion with clear, throttled rejections, and debug images."""
+configure loads their pipeline stage; image conversion with clear, throttled rejections, debug images, and
+(detector and segmenter) their stage wrapped for tracking."""
 from __future__ import annotations
 
 import time
@@ -10,6 +11,7 @@ from sensor_msgs.msg import Image
 
 from dino_vla.models.loading import ModelUnavailableError
 from dino_vla.pipeline import PerceptionPipeline, validate_image
+from dino_vla.pipeline.tracking import DetectThenTrack, TrackingSettings
 from dino_vla.ros.conversions import image_to_rgb, numpy_to_image
 from dino_vla.ros.managed_node import ManagedNode
 from dino_vla.ros.node_base import camera_qos
@@ -19,10 +21,12 @@ class PerceptionNode(ManagedNode):
     """Base of the features, detector and segmenter nodes: one pipeline stage each."""
 
     STARTUP_ERRORS = (ModelUnavailableError,)
+    TRACKING = False    # the node has the tracking parameters: its stage runs in a DetectThenTrack
 
     def __init__(self, **kwargs):
         self.camera_qos = None
         self.pipeline: PerceptionPipeline | None = None
+        self.perception: DetectThenTrack | None = None
         self.frames_processed = 0
         super().__init__(**kwargs)
 
@@ -35,11 +39,21 @@ class PerceptionNode(ManagedNode):
         self.pipeline = self.runtime = PerceptionPipeline.from_config({self.STAGE: self.params},
                                                                       stages=(self.STAGE,))
         self.get_logger().info(f"model loaded in {time.perf_counter() - start:.1f} s")
+        if self.TRACKING:
+            self.perception = DetectThenTrack(self.pipeline, TrackingSettings.from_params(self.params))
         self.camera_qos = camera_qos(self.params["reliability"])
         self.debug_publisher = self.output(Image, "~/debug_image", 1)
 
+    def deactivate(self) -> None:
+        if self.perception is not None:
+            self.perception.reset()   # what it tracked is stale by the next activate
+
     def cleanup(self) -> None:
-        self.pipeline = None
+        self.pipeline = self.perception = None
+
+    def apply_parameters(self, updated) -> None:
+        if self.perception is not None and any(name in updated for name in TrackingSettings.PARAMETERS):
+            self.perception.settings = TrackingSettings.from_params({**self.params, **updated})
 
     def to_rgb(self, msg: Image) -> np.ndarray | None:
         """The frame as RGB the models can take, or None (reported) when the message cannot be used (an

@@ -1,5 +1,7 @@
 """segmenter node: detections + the image they came from -> SAM masks (dino_vla/SegmentationMasks on
-`masks`). Images are kept briefly and paired with detections by exact header stamp."""
+`masks`). Images are kept briefly and paired with detections by exact header stamp. With tracking on,
+detections the detector marked tracked get the masks of their detection moved with their boxes instead of SAM
+(pipeline/tracking.py); the masks carry their detections' provenance."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -8,7 +10,7 @@ from sensor_msgs.msg import Image
 
 from dino_vla.msg import DetectionArray, SegmentationMasks
 from dino_vla.pipeline.annotate import annotate
-from dino_vla.ros.messages import detections_from_msg, masks_to_msg
+from dino_vla.ros.messages import detections_from_msg, masks_to_msg, provenance_from_msg
 from dino_vla.ros.node_base import run_node
 from dino_vla.ros.perception_node import PerceptionNode
 from dino_vla.ros.vision_outputs import VisionOutputs
@@ -16,6 +18,7 @@ from dino_vla.ros.vision_outputs import VisionOutputs
 
 class SegmenterNode(PerceptionNode):
     STAGE = "segmenter"
+    TRACKING = True
 
     def __init__(self):
         self.images: OrderedDict[tuple[int, int, str], Image] = OrderedDict()
@@ -34,6 +37,7 @@ class SegmenterNode(PerceptionNode):
         self.input_subscription(DetectionArray, "detections", self.on_detections, 1)
 
     def deactivate(self) -> None:
+        super().deactivate()
         self.images.clear()
 
     @staticmethod
@@ -60,7 +64,7 @@ class SegmenterNode(PerceptionNode):
         except ValueError as err:
             self.report(str(err), f"skipping detections stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}")
             return
-        masks = self.pipeline.segment(rgb, detections)
+        masks = self.perception.masks(rgb, detections, provenance_from_msg(msg))
         self.publisher.publish(masks_to_msg(msg.header, msg, detections, masks, self.params["model"]))
         self.vision.publish(msg.header, msg.detections, msg.instruction)
         self.frames_processed += 1

@@ -1,4 +1,5 @@
-"""One rendered frame of a settled simulated table, for the tests that feed node processes by hand."""
+"""One rendered frame of a settled simulated table, for the tests that feed node processes by hand; the simulator
+standing in for the detector and segmenter models."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,7 +9,9 @@ import numpy as np
 import pytest
 
 from dino_vla.sim.mujoco_sim import RenderedFrame, TabletopSim
+import mujoco  # noqa: E402  (after mujoco_sim, which chooses MuJoCo's offscreen GL)
 from dino_vla.sim.scene import random_scene
+from dino_vla.sim.stand_in import ground_truth_perception
 from dino_vla.types import CameraIntrinsics, Detections, Masks, RigidTransform
 
 
@@ -34,3 +37,36 @@ def settled_frame(seed: int, workdir: Path, target: str = "cup", distractors: in
             return SettledFrame(frame, detections, masks, sim.intrinsics(),
                                 {name: pose.translation for name, pose in sim.object_poses().items()},
                                 sim.camera_pose())
+
+
+class SimulatorAsModels:
+    """The simulator's ground truth in the places of Grounding DINO and SAM, for tests where random-weight
+    models' boxes would mean nothing: PerceptionPipeline(detector=s, segmenter=s). Both answer for the frame
+    render() gave last and count their calls."""
+
+    def __init__(self, sim: TabletopSim):
+        self.sim = sim
+        self.frame: RenderedFrame | None = None
+        self.detect_calls = self.segment_calls = 0
+
+    def render(self) -> RenderedFrame:
+        self.frame = self.sim.render()
+        return self.frame
+
+    def move(self, name: str, shift: tuple[float, float, float]) -> None:
+        """Put object `name` `shift` metres (base frame) away, no physics: seen at the next render()."""
+        self.sim.data.joint(name).qpos[:3] += shift
+        mujoco.mj_forward(self.sim.model, self.sim.data)
+
+    def detect(self, image: np.ndarray, phrases) -> Detections:
+        assert np.array_equal(image, self.frame.rgb), "detect() on another image than the frame rendered last"
+        self.detect_calls += 1
+        return ground_truth_perception(self.sim, self.frame, phrases)[0]
+
+    def segment(self, image: np.ndarray, boxes: np.ndarray) -> Masks:
+        """Each box's object (the one whose true box is nearest): its true mask, as SAM prompted with the box."""
+        assert np.array_equal(image, self.frame.rgb), "segment() on another image than the frame rendered last"
+        self.segment_calls += 1
+        truth, masks = self.sim.ground_truth_all(self.frame)
+        which = [int(np.argmin(np.abs(truth.boxes - box).sum(axis=1))) for box in boxes]
+        return Masks(masks.masks[which].reshape(len(which), *image.shape[:2]), np.ones(len(which), np.float32))
