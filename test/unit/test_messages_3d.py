@@ -11,11 +11,12 @@ from visualization_msgs.msg import Marker
 
 from dino_vla.geometry.transforms import (matrix_from_quaternion, pose_from_transform, quaternion_from_matrix,
                                           transform_from_pose)
-from dino_vla.msg import GraspCommand
+from dino_vla.msg import DetectionArray, GraspCommand
 from dino_vla.ros.messages import (camera_info_msg, cloud_from_msg, cloud_to_msg, detections_to_msg, grasp_from_msg,
                                    grasp_rotation, grasp_to_msg, intrinsics_from_msg, markers_msg, masks_from_msg,
-                                   masks_to_msg, objects_to_msg)
-from dino_vla.types import CameraIntrinsics, Detections, Grasp, Masks, Object3D, RigidTransform
+                                   masks_to_msg, objects_to_msg, provenance_from_msg, stamp_ns)
+from dino_vla.types import (DETECTED, TRACKED, CameraIntrinsics, Detections, Grasp, Masks, Object3D, Provenance,
+                            RigidTransform)
 
 RNG = np.random.default_rng(7)
 CAMERA_FRAME = "camera_color_optical_frame"
@@ -318,6 +319,35 @@ def test_masks_round_trip_many_and_none():
                        Masks(np.zeros((0, h, w), bool), np.zeros(0, np.float32)), "sam")
     back_detections, back = masks_from_msg(msg)
     assert len(back_detections) == 0 and back.masks.shape == (0, h, w) and msg.instruction == "find the cup"
+
+
+def test_provenance_travels_with_detections_and_their_masks():
+    detections, masks = overlapping_masks()
+    now = header(sec=1700000012, nanosec=345)
+    # seven frames after a detection 0.7 s earlier, at a time whose nanoseconds a float64 of seconds would round
+    tracked = Provenance(TRACKED, 7, stamp_ns(now) - 700_000_001, stamp_ns(now), 0.75)
+    detections_msg = detections_to_msg(now, detections, "pick up the red cup", tracked)
+    assert detections_msg.provenance == TRACKED and detections_msg.frames_since_detection == 7
+    assert detections_msg.detection_age_s == pytest.approx(0.700000001)
+    assert (detections_msg.detection_stamp.sec, detections_msg.detection_stamp.nanosec) == (1700000011, 300000344)
+    assert detections_msg.tracking_confidence == pytest.approx(0.75)
+    assert provenance_from_msg(detections_msg) == tracked
+    msg = masks_to_msg(now, detections_msg, detections, masks, "sam")
+    assert (msg.provenance, msg.frames_since_detection, msg.detection_stamp, msg.tracking_confidence) == (
+        TRACKED, 7, detections_msg.detection_stamp, detections_msg.tracking_confidence)
+    assert msg.detection_age_s == detections_msg.detection_age_s
+
+
+def test_detections_without_provenance_were_detected_on_their_image():
+    detections, _ = overlapping_masks()
+    msg = detections_to_msg(header(), detections)
+    assert (msg.provenance, msg.frames_since_detection, msg.detection_age_s, msg.tracking_confidence) == (
+        DETECTED, 0, 0.0, 1.0)
+    assert msg.detection_stamp == msg.header.stamp
+    now = stamp_ns(header())
+    assert provenance_from_msg(msg) == Provenance(DETECTED, 0, now, now)
+    # a publisher that predates the fields leaves them empty: its detections are taken as detected
+    assert provenance_from_msg(DetectionArray(header=header())) == Provenance(DETECTED, 0, now, now)
 
 
 # ---- CameraInfo -------------------------------------------------------------------------------------------
