@@ -19,7 +19,6 @@ from typing import Any
 import cv2
 import numpy as np
 
-from dino_vla.colour import colour_names
 from dino_vla.instruction import GroundingQuery, parse_instruction
 from dino_vla.pipeline import PerceptionPipeline, PerceptionResult, validate_image
 from dino_vla.types import DETECTED, TRACKED, Detections, Masks, Provenance
@@ -70,7 +69,7 @@ class TrackedBoxes:
     """The keyframe's boxes in a later frame, in the keyframe's order."""
 
     boxes: np.ndarray          # (N, 4) float32 xyxy, clipped to the image
-    confidences: np.ndarray    # (N,) float32 in [0, 1]: share of the object's keyframe corners that still agree
+    confidences: np.ndarray    # (N,) float32 in [0, 1] per object (KeyframeTracker says how)
 
     @property
     def confidence(self) -> float:
@@ -217,6 +216,9 @@ def move_masks(masks: np.ndarray, from_boxes: np.ndarray, to_boxes: np.ndarray) 
     h, w = masks.shape[1:]
     for i, (src, dst) in enumerate(zip(np.asarray(from_boxes, np.float64), np.asarray(to_boxes, np.float64))):
         size, new_size = src[2:] - src[:2], dst[2:] - dst[:2]
+        if np.array_equal(src, dst):
+            moved[i] = masks[i]
+            continue
         if (size <= 0).any() or (new_size <= 0).any():
             continue
         scale = new_size / size
@@ -335,8 +337,8 @@ class DetectThenTrack:
                 and key.detection_stamp_ns == provenance.detection_stamp_ns and len(key.boxes) == len(detections)
                 and key.image_size == image.shape[:2] and key.frames + 1 < self._settings.redetect_every):
             key.frames += 1
-            moved = move_masks(key.masks.masks, key.boxes, detections.boxes)
-            return Masks(moved, key.masks.scores, colour_names(image, moved))
+            # the same objects: their colours were measured when SAM ran (tens of ms per large mask)
+            return replace(key.masks, masks=move_masks(key.masks.masks, key.boxes, detections.boxes))
         masks = self.pipeline.segment(image, detections)
         if self._settings.enabled:
             self._remember_masks(image, detections, masks, provenance)
