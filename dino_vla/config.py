@@ -270,6 +270,26 @@ def validate_params(node: str, values: dict[str, Any], source: str = "") -> dict
     return out
 
 
+def parse_override(text: str, nodes: tuple[str, ...]) -> tuple[str, str, Any]:
+    """`NODE.PARAM=VALUE` (VALUE in YAML, as `ros2 run ... -p PARAM:=VALUE` reads it) as (node, name, value),
+    checked against the schema: a node may silently ignore a parameter it does not declare, so an unknown one
+    is an error here."""
+    target, eq, raw = text.partition("=")
+    node, dot, name = target.strip().partition(".")
+    if not (eq and dot and node and name):
+        raise ConfigError(f"{text!r}: expected NODE.PARAM=VALUE, e.g. detector.box_threshold=0.3")
+    if node not in nodes:
+        raise ConfigError(f"{text!r}: node must be one of {', '.join(nodes)}, got {node!r}")
+    specs = {spec.name: spec for spec in NODE_PARAMS[node]}
+    if name not in specs:
+        raise ConfigError(f"{text!r}: node {node!r} has no parameter {name!r}; its parameters: {', '.join(specs)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{text!r}: value is not YAML: {err}") from None
+    return node, name, specs[name].validate(value, f"{node}.{name}")
+
+
 def load_config(*paths: str | Path) -> dict[str, dict[str, Any]]:
     """Read ROS 2 params files (later files override earlier ones, as repeated --params-file do) and
     return the validated parameters of every node of the package. Node keys may be plain (``detector``),

@@ -3,6 +3,7 @@ clear error when weights cannot be had."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -12,6 +13,11 @@ import torch
 class ModelUnavailableError(RuntimeError):
     """A model's weights cannot be found locally, in the HF cache, or on the hub."""
 
+
+# from_pretrained is not thread-safe: it builds the model on the meta device with torch's initialisers patched
+# process-wide, so a second load in another thread (model nodes sharing a process on a multi-threaded executor
+# configure at once) fails with "Cannot copy out of meta tensor". One load at a time per process.
+_LOADING = threading.Lock()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -81,7 +87,8 @@ def load_pretrained(loader: Callable, source: str, *, what: str, parameter: str,
     elif cached_on_this_machine(source):
         kwargs["local_files_only"] = True  # no network round trip (and no hang) when the cache has it
     try:
-        return loader(source, **kwargs)
+        with _LOADING:
+            return loader(source, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = "local directory" if local else "HF cache" + ("" if os.environ.get("HF_HUB_OFFLINE") == "1"
