@@ -91,6 +91,9 @@ def _common(default_model: str) -> tuple[ParamSpec, ...]:
         ParamSpec("dtype", "auto", "weights/activations dtype; auto = float16 on CUDA, float32 on CPU",
                   choices=("auto", "float32", "float16", "bfloat16"), read_only=True),
         _TORCH_THREADS,
+        ParamSpec("compile", False, "torch.compile the model on configure: its first frames (and every new input "
+                  "shape) pay for compilation; see the README's Benchmark section for whether it pays",
+                  read_only=True),
         _AUTOSTART,
         _RELIABILITY,
         ParamSpec("publish_debug_image", True, "publish an annotated image on ~/debug_image"),
