@@ -57,7 +57,6 @@ def main(args: argparse.Namespace) -> int:
 
     from dino_vla.instruction import InstructionError, parse_instruction
     from dino_vla.models.loading import ModelUnavailableError
-    from dino_vla.models.random_init import build_random_models
     from dino_vla.pipeline import PerceptionPipeline
     from dino_vla.pipeline.benchmark import TIMED_STAGES, benchmark_pipeline, models_for, report_lines
 
@@ -82,15 +81,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     needed = models_for(stages)
-    params = load_params(args)
-    if args.real_size:
-        sources = build_random_models("real", stages=needed)
-        params = {stage: dict(params[stage], model=getattr(sources, stage)) for stage in needed}
-        weights = "RANDOM weights at the REAL sizes: measures cost only, outputs are meaningless"
-    else:
-        choice = choose_models(args, params, needed)
-        params = choice.params
-        weights = "RANDOM weights (tiny): outputs are meaningless" if choice.random_weights else "pretrained"
+    params, weights = _model_params(args, needed)
     try:
         pipeline = PerceptionPipeline.from_config(params, stages=needed)
     except ModelUnavailableError as err:
@@ -108,7 +99,6 @@ def graph_main(args: argparse.Namespace) -> int:
     from dino_vla.config import ConfigError, parse_override
     from dino_vla.instruction import InstructionError, parse_instruction
     from dino_vla.models.loading import ModelUnavailableError
-    from dino_vla.models.random_init import build_random_models
     from dino_vla.pipeline import STAGES, PerceptionPipeline
     from dino_vla.pipeline.graph_benchmark import in_process_report, report_lines
     from dino_vla.ros.graph_bench import bench_graph
@@ -128,15 +118,7 @@ def graph_main(args: argparse.Namespace) -> int:
     except (InstructionError, ConfigError) as err:
         fail(str(err))
     frames, source = _stream_frames(args)
-    params = load_params(args)
-    if args.real_size:
-        sources = build_random_models("real", stages=STAGES)
-        params = {stage: dict(params[stage], model=getattr(sources, stage)) for stage in STAGES}
-        weights = "RANDOM weights at the REAL sizes: measures cost only, outputs are meaningless"
-    else:
-        choice = choose_models(args, params, STAGES)
-        params = choice.params
-        weights = "RANDOM weights (tiny): outputs are meaningless" if choice.random_weights else "pretrained"
+    params, weights = _model_params(args, STAGES)
     for stage, values in overrides.items():
         params[stage].update(values)
     if args.threads:
@@ -175,6 +157,19 @@ def graph_main(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _model_params(args: argparse.Namespace, stages: tuple[str, ...]) -> tuple[dict, str]:
+    """The parameters of `stages` with the models --real-size or --models choose, and what their weights are."""
+    from dino_vla.models.random_init import build_random_models
+
+    params = load_params(args)
+    if args.real_size:
+        sources = build_random_models("real", stages=stages)
+        return ({stage: dict(params[stage], model=getattr(sources, stage)) for stage in stages},
+                "RANDOM weights at the REAL sizes: measures cost only, outputs are meaningless")
+    choice = choose_models(args, params, stages)
+    return choice.params, "RANDOM weights (tiny): outputs are meaningless" if choice.random_weights else "pretrained"
 
 
 def _stream_frames(args: argparse.Namespace):
