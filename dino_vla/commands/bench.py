@@ -44,6 +44,9 @@ def add_parser(subparsers) -> None:
                         "repeatable; unknown parameters are errors")
     g.add_argument("--one-process", action="store_true",
                    help="the three model nodes in one process on one executor instead of one process each")
+    g.add_argument("--warm-up-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="give up when no warm-up frame has been answered by every node by then (default 600; real "
+                        "sizes on a busy CPU take minutes per frame)")
     g.add_argument("--log", default="out/bench_graph/nodes.log", help="the nodes' output (default %(default)s)")
     add_config_option(p, ("perception.yaml",))
     add_model_options(p)
@@ -105,8 +108,8 @@ def graph_main(args: argparse.Namespace) -> int:
 
     if args.stages or args.real_size and args.models != "auto":
         fail("--graph runs every stage: --stages does not apply, and --real-size chooses the models")
-    if not (args.rate > 0 and args.seconds > 0 and args.rate * args.seconds >= 1):
-        fail("--rate and --seconds must be > 0 and give at least one frame")
+    if not (args.rate > 0 and args.seconds > 0 and args.rate * args.seconds >= 1 and args.warm_up_timeout > 0):
+        fail("--rate and --seconds must be > 0 and give at least one frame, --warm-up-timeout > 0")
     if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
         fail("--runs and --threads must be >= 1, --warmup >= 0")
     try:
@@ -132,7 +135,8 @@ def graph_main(args: argparse.Namespace) -> int:
         try:
             report = bench_graph(frames, files, env, log, rate_hz=args.rate, seconds=args.seconds,
                                  instruction=query.instruction, models={s: params[s]["model"] for s in STAGES},
-                                 node_params=overrides, device=args.device, one_process=args.one_process)
+                                 node_params=overrides, device=args.device, one_process=args.one_process,
+                                 warm_up_timeout_s=args.warm_up_timeout)
         except RuntimeError as err:
             fail(f"bench --graph: {err}; node logs in {log_path}")
     # after the graph has stopped, so that the two do not share the CPU

@@ -120,7 +120,7 @@ def bench_graph(frames: list[np.ndarray], params_files: list[str], env: dict[str
                 rate_hz: float, seconds: float, instruction: str, models: dict[str, str],
                 node_params: dict[str, dict[str, Any]], device: str | None = None, one_process: bool = False,
                 camera: CameraTopics = CameraTopics(), reliability: str = "best_effort",
-                warm_up_timeout_s: float = 300.0) -> dict:
+                warm_up_timeout_s: float = 600.0) -> dict:
     """Start the features, detector and segmenter nodes (start_graph, on the DDS environment `env`), warm them
     up, play `frames` into them at `rate_hz` for `seconds`, stop them, and report: the stream's per-stage
     figures (graph_benchmark.stream_report) and each node process's memory and CPU use while it ran.
