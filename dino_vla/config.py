@@ -94,6 +94,9 @@ def _common(default_model: str) -> tuple[ParamSpec, ...]:
         ParamSpec("dtype", "auto", "weights/activations dtype; auto = float16 on CUDA, float32 on CPU",
                   choices=("auto", "float32", "float16", "bfloat16"), read_only=True),
         _TORCH_THREADS,
+        ParamSpec("compile", False, "torch.compile the model on configure: its first frames (and every new input "
+                  "shape) pay for compilation; see the README's Benchmark section for whether it pays",
+                  read_only=True),
         _AUTOSTART,
         _RELIABILITY,
         ParamSpec("publish_debug_image", True, "publish an annotated image on ~/debug_image"),
@@ -287,6 +290,26 @@ def validate_params(node: str, values: dict[str, Any], source: str = "") -> dict
     for name, value in values.items():
         out[name] = specs[name].validate(value, f"{source or node}: {name}")
     return out
+
+
+def parse_override(text: str, nodes: tuple[str, ...]) -> tuple[str, str, Any]:
+    """`NODE.PARAM=VALUE` (VALUE in YAML, as `ros2 run ... -p PARAM:=VALUE` reads it) as (node, name, value),
+    checked against the schema: a node may silently ignore a parameter it does not declare, so an unknown one
+    is an error here."""
+    target, eq, raw = text.partition("=")
+    node, dot, name = target.strip().partition(".")
+    if not (eq and dot and node and name):
+        raise ConfigError(f"{text!r}: expected NODE.PARAM=VALUE, e.g. detector.box_threshold=0.3")
+    if node not in nodes:
+        raise ConfigError(f"{text!r}: node must be one of {', '.join(nodes)}, got {node!r}")
+    specs = {spec.name: spec for spec in NODE_PARAMS[node]}
+    if name not in specs:
+        raise ConfigError(f"{text!r}: node {node!r} has no parameter {name!r}; its parameters: {', '.join(specs)}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{text!r}: value is not YAML: {err}") from None
+    return node, name, specs[name].validate(value, f"{node}.{name}")
 
 
 def load_config(*paths: str | Path) -> dict[str, dict[str, Any]]:

@@ -111,13 +111,40 @@ def ros_arguments(spec: NodeSpec, params_files: list[str], camera: CameraTopics 
                   namespace: str = "", overrides: dict[str, Any] | None = None) -> list[str]:
     """The --ros-args a launch_ros Node with the same settings would pass (later params files override
     earlier ones)."""
-    args = ["--ros-args", "-r", f"__node:={spec.name}"]
+    return ["--ros-args", "-r", f"__node:={spec.name}", *_shared_arguments(params_files, namespace),
+            *_remap_arguments([spec], camera), *_parameter_arguments(overrides or {})]
+
+
+def composed_ros_arguments(specs: Sequence[NodeSpec], params_files: list[str], camera: CameraTopics = CameraTopics(),
+                           namespace: str = "", overrides: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """The --ros-args of one process that holds the nodes of `specs` under their own names: each node's
+    overrides are prefixed with its name (`-p detector:instruction:=...`), as a remapping or an unprefixed
+    `-p` would reach every node of the process (the camera remappings may: each names its camera topic the
+    same way)."""
+    args = ["--ros-args", *_shared_arguments(params_files, namespace), *_remap_arguments(specs, camera)]
+    for spec in specs:
+        args += _parameter_arguments((overrides or {}).get(spec.name, {}), prefix=f"{spec.name}:")
+    return args
+
+
+def _shared_arguments(params_files: list[str], namespace: str) -> list[str]:
+    args = []
     for path in params_files:
         args += ["--params-file", path]
     if namespace:
         args += ["-r", f"__ns:={namespace if namespace.startswith('/') else '/' + namespace}"]
-    for src, dst in remappings(spec, camera):
+    return args
+
+
+def _remap_arguments(specs: Sequence[NodeSpec], camera: CameraTopics) -> list[str]:
+    args = []
+    for src, dst in dict.fromkeys(r for spec in specs for r in remappings(spec, camera)):
         args += ["-r", f"{src}:={dst}"]
-    for name, value in (overrides or {}).items():
-        args += ["-p", f"{name}:={json.dumps(value)}"]  # JSON strings are YAML strings: "1.5" stays text
+    return args
+
+
+def _parameter_arguments(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    args = []
+    for name, value in overrides.items():
+        args += ["-p", f"{prefix}{name}:={json.dumps(value)}"]  # JSON strings are YAML strings: "1.5" stays text
     return args

@@ -13,7 +13,7 @@ from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
 from dino_vla.instruction import InstructionError, normalise_phrases, prompt_from_phrases
 from dino_vla.config import DEFAULT_MODELS
-from dino_vla.models.loading import load_model_and_processor
+from dino_vla.models.loading import load_model_and_processor, to_model
 from dino_vla.types import Detections
 
 DEFAULT_MODEL = DEFAULT_MODELS["detector"]
@@ -68,10 +68,11 @@ class GroundingDetector:
         self.max_detections = max_detections
 
     @classmethod
-    def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+    def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto", compile: bool = False,
              **thresholds) -> "GroundingDetector":
         model, processor = load_model_and_processor(GroundingDinoForObjectDetection, AutoProcessor, source, device,
-                                                    dtype, what="Grounding DINO detector", parameter="detector.model")
+                                                    dtype, what="Grounding DINO detector", parameter="detector.model",
+                                                    compile=compile)
         return cls(model, processor, source, **thresholds)
 
     def check_phrases(self, phrases: Sequence[str]) -> tuple[str, ...]:
@@ -93,9 +94,8 @@ class GroundingDetector:
         its text tokens match; class-wise non-maximum suppression; best first."""
         h, w = image.shape[:2]
         phrases = self.check_phrases(phrases)
-        inputs = self.processor(images=Image.fromarray(image), text=prompt_from_phrases(phrases),
-                                return_tensors="pt").to(self.model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        inputs = {name: to_model(value, self.model) for name, value in self.processor(
+            images=Image.fromarray(image), text=prompt_from_phrases(phrases), return_tensors="pt").items()}
         outputs = self.model(**inputs)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
         result = self.processor.post_process_grounded_object_detection(

@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, Dinov2Model
 
 from dino_vla.config import DEFAULT_MODELS
-from dino_vla.models.loading import load_model_and_processor
+from dino_vla.models.loading import load_model_and_processor, to_model
 from dino_vla.types import Features
 
 DEFAULT_MODEL = DEFAULT_MODELS["features"]
@@ -23,9 +23,11 @@ class DinoFeatures:
         self.patch_size = int(model.config.patch_size)
 
     @classmethod
-    def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto") -> "DinoFeatures":
+    def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
+             compile: bool = False) -> "DinoFeatures":
         model, processor = load_model_and_processor(Dinov2Model, AutoImageProcessor, source, device, dtype,
-                                                    what="DINOv2 features", parameter="features.model")
+                                                    what="DINOv2 features", parameter="features.model",
+                                                    compile=compile)
         return cls(model, processor, source)
 
     @property
@@ -38,7 +40,7 @@ class DinoFeatures:
 
     @torch.inference_mode()
     def extract(self, image: np.ndarray) -> Features:
-        pixels = self.preprocess(image).to(self.model.device, self.model.dtype)
+        pixels = to_model(self.preprocess(image), self.model)
         hidden = self.model(pixel_values=pixels).last_hidden_state[0].float()
         rows, cols = pixels.shape[2] // self.patch_size, pixels.shape[3] // self.patch_size
         # token 0 is CLS; any register tokens sit between it and the rows*cols patch tokens

@@ -3,6 +3,7 @@ clear error when weights cannot be had."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -12,6 +13,11 @@ import torch
 class ModelUnavailableError(RuntimeError):
     """A model's weights cannot be found locally, in the HF cache, or on the hub."""
 
+
+# from_pretrained is not thread-safe: it builds the model on the meta device with torch's initialisers patched
+# process-wide, so a second load in another thread (model nodes sharing a process on a multi-threaded executor
+# configure at once) fails with "Cannot copy out of meta tensor". One load at a time per process.
+_LOADING = threading.Lock()
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -81,7 +87,8 @@ def load_pretrained(loader: Callable, source: str, *, what: str, parameter: str,
     elif cached_on_this_machine(source):
         kwargs["local_files_only"] = True  # no network round trip (and no hang) when the cache has it
     try:
-        return loader(source, **kwargs)
+        with _LOADING:
+            return loader(source, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = "local directory" if local else "HF cache" + ("" if os.environ.get("HF_HUB_OFFLINE") == "1"
@@ -91,11 +98,28 @@ def load_pretrained(loader: Callable, source: str, *, what: str, parameter: str,
 
 
 def load_model(model_cls, source: str, device: torch.device, dtype: torch.dtype, *, what: str,
-               parameter: str):
-    """Weights are read from safetensors only and never with remote code."""
+               parameter: str, compile: bool = False):
+    """Weights are read from safetensors only and never with remote code. Attention through torch's
+    scaled_dot_product_attention (fused kernels on GPUs) where transformers has it for the model class (DINOv2,
+    SAM; Grounding DINO has none). `compile`: torch.compile the model in place (its first calls, and every new
+    input shape, then pay for compilation)."""
+    sdpa = {"attn_implementation": "sdpa"} if getattr(model_cls, "_supports_sdpa", False) else {}
     model = load_pretrained(model_cls.from_pretrained, source, what=what, parameter=parameter,
-                            use_safetensors=True, trust_remote_code=False, dtype=dtype)
-    return model.to(device).eval()
+                            use_safetensors=True, trust_remote_code=False, dtype=dtype, **sdpa)
+    model = model.to(device).eval()
+    if compile:
+        model.compile()
+    return model
+
+
+def to_model(tensor: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """A CPU input on `model`'s device, floating-point values in its dtype. To a GPU through pinned (page-locked)
+    memory and a non-blocking copy, queued on the stream the model's kernels then run on: the CPU does not wait
+    for the transfer."""
+    dtype = model.dtype if tensor.is_floating_point() else tensor.dtype
+    if model.device.type == "cuda":
+        return tensor.pin_memory().to(model.device, dtype, non_blocking=True)
+    return tensor.to(model.device, dtype)
 
 
 def place(models: Iterable[torch.nn.Module], device: str | torch.device) -> int:
@@ -131,10 +155,11 @@ def weights_obtainable(source: str, timeout_s: float = 10.0) -> bool:
 
 
 def load_model_and_processor(model_cls, processor_cls, source: str, device: str, dtype: str, *, what: str,
-                             parameter: str):
-    """The model on its device and dtype, and the processor saved beside it."""
+                             parameter: str, compile: bool = False):
+    """The model on its device and dtype (load_model), and the processor saved beside it."""
     dev = resolve_device(device)
-    model = load_model(model_cls, source, dev, resolve_dtype(dtype, dev), what=what, parameter=parameter)
+    model = load_model(model_cls, source, dev, resolve_dtype(dtype, dev), what=what, parameter=parameter,
+                       compile=compile)
     processor = load_pretrained(processor_cls.from_pretrained, source, what=f"{what} processor",
                                 parameter=parameter)
     return model, processor

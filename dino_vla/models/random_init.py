@@ -18,7 +18,11 @@ import torch
 import transformers as T
 
 SIZES = ("tiny", "real")
-_FORMAT = 1  # bump when the configs below change, so cached copies are rebuilt
+_FORMAT = 2  # bump when the configs below change, so cached copies are rebuilt
+# SamVisionConfig's default initializer_range is 1e-10 (pretrained SAM never uses it): image encoder activations
+# of about 1e-8 that underflow into denormal floats, which CPUs compute tens of times slower. The library's usual
+# 0.02 gives activations of a realistic scale, so a random-weight model costs what a pretrained one does.
+_SAM_VISION_INIT = 0.02
 
 
 @dataclass(frozen=True)
@@ -81,13 +85,14 @@ def _segmenter(size: str):
             vision_config=T.SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                             output_channels=32, image_size=side, window_size=7,
                                             global_attn_indexes=[1], mlp_dim=64,
-                                            num_pos_feats=16),  # must be prompt hidden_size / 2
+                                            num_pos_feats=16,  # must be prompt hidden_size / 2
+                                            initializer_range=_SAM_VISION_INIT),
             prompt_encoder_config=T.SamPromptEncoderConfig(hidden_size=32, image_size=side),
             mask_decoder_config=T.SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2,
                                                        iou_head_hidden_dim=32))
     else:  # ViT-B image encoder at 1024
         side = 1024
-        cfg = T.SamConfig()
+        cfg = T.SamConfig(vision_config=T.SamVisionConfig(initializer_range=_SAM_VISION_INIT))
     processor = T.SamProcessor(image_processor=T.SamImageProcessorPil(
         size={"longest_edge": side}, pad_size={"height": side, "width": side}))
     return T.SamModel(cfg), processor
@@ -96,23 +101,36 @@ def _segmenter(size: str):
 _BUILDERS = {"features": _features, "detector": _detector, "segmenter": _segmenter}
 
 
+def _check_size(size: str) -> None:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+
+
+def random_model(stage: str, size: str = "tiny", seed: int = 0):
+    """(model, processor) of `stage` at `size` with freshly drawn random weights, in memory."""
+    _check_size(size)
+    if stage not in _BUILDERS:
+        raise ValueError(f"unknown stage {stage!r}; stages are {tuple(_BUILDERS)}")
+    torch.manual_seed(seed)
+    model, processor = _BUILDERS[stage](size)
+    return model.eval(), processor
+
+
 def build_random_models(size: str = "tiny", root: str | Path | None = None, seed: int = 0,
                         stages: Iterable[str] = tuple(_BUILDERS)) -> ModelSources:
     """Write (once) and return the directories of the random-weight models of ``size`` for ``stages``."""
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    _check_size(size)
     stages = tuple(stages)
     unknown = set(stages) - set(_BUILDERS)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {tuple(_BUILDERS)}")
     root = Path(root) if root is not None else default_cache_root()
     paths = {}
-    for stage, build in ((s, _BUILDERS[s]) for s in stages):
+    for stage in stages:
         out = root / f"{size}-{stage}"
         stamp = out / "dino_vla_random.json"
         if not (stamp.is_file() and json.loads(stamp.read_text()).get("format") == _FORMAT):
-            torch.manual_seed(seed)
-            model, processor = build(size)
+            model, processor = random_model(stage, size, seed)
             model.save_pretrained(out, safe_serialization=True)
             processor.save_pretrained(out)
             stamp.write_text(json.dumps({"format": _FORMAT, "size": size, "seed": seed,

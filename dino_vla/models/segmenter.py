@@ -9,7 +9,7 @@ from PIL import Image
 from transformers import SamModel, SamProcessor
 
 from dino_vla.config import DEFAULT_MODELS
-from dino_vla.models.loading import load_model_and_processor
+from dino_vla.models.loading import load_model_and_processor, to_model
 from dino_vla.types import Masks
 
 DEFAULT_MODEL = DEFAULT_MODELS["segmenter"]
@@ -40,9 +40,9 @@ class Segmenter:
 
     @classmethod
     def load(cls, source: str = DEFAULT_MODEL, device: str = "auto", dtype: str = "auto",
-             crop_context: float = 0.0) -> "Segmenter":
+             crop_context: float = 0.0, compile: bool = False) -> "Segmenter":
         model, processor = load_model_and_processor(SamModel, SamProcessor, source, device, dtype,
-                                                    what="SAM segmenter", parameter="segmenter.model")
+                                                    what="SAM segmenter", parameter="segmenter.model", compile=compile)
         return cls(model, processor, source, crop_context)
 
     @torch.inference_mode()
@@ -65,10 +65,8 @@ class Segmenter:
         """All boxes on one image encoding."""
         inputs = self.processor(images=Image.fromarray(image), input_boxes=[boxes.tolist()],
                                 return_tensors="pt")
-        pixels = inputs["pixel_values"].to(self.model.device, self.model.dtype)
-        out = self.model(pixel_values=pixels, input_boxes=inputs["input_boxes"].to(self.model.device,
-                                                                                    self.model.dtype),
-                         multimask_output=False)
+        out = self.model(pixel_values=to_model(inputs["pixel_values"], self.model),
+                         input_boxes=to_model(inputs["input_boxes"], self.model), multimask_output=False)
         masks = self.processor.post_process_masks(out.pred_masks.float().cpu(), inputs["original_sizes"],
                                                   inputs["reshaped_input_sizes"])[0]
         return Masks(masks[:, 0].numpy().astype(bool), out.iou_scores[0, :, 0].float().cpu().numpy())

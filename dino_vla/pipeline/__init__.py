@@ -59,14 +59,15 @@ class PerceptionPipeline:
         loaded: dict[str, Any] = {}
         if "features" in stages:
             p = params["features"]
-            loaded["features"] = DinoFeatures.load(p["model"], p["device"], p["dtype"])
+            loaded["features"] = DinoFeatures.load(p["model"], p["device"], p["dtype"], p.get("compile", False))
         if "detector" in stages:
             p = params["detector"]
-            loaded["detector"] = GroundingDetector.load(p["model"], p["device"], p["dtype"],
+            loaded["detector"] = GroundingDetector.load(p["model"], p["device"], p["dtype"], p.get("compile", False),
                                                         **{k: p[k] for k in _DETECTOR_SETTINGS})
         if "segmenter" in stages:
             p = params["segmenter"]
-            loaded["segmenter"] = Segmenter.load(p["model"], p["device"], p["dtype"], p.get("crop_context", 0.0))
+            loaded["segmenter"] = Segmenter.load(p["model"], p["device"], p["dtype"], p.get("crop_context", 0.0),
+                                                 p.get("compile", False))
         return cls(**loaded)
 
     def models(self) -> list:

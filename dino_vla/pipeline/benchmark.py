@@ -117,7 +117,8 @@ def benchmark_pipeline(pipeline: PerceptionPipeline, image: np.ndarray, image_na
         "dtypes": sorted({str(a.model.dtype).replace("torch.", "") for a in adapters.values()}),
         "weights": weights, "random_weights": weights != "pretrained",
         "models": {stage: {"source": a.name,
-                           "params_m": round(sum(p.numel() for p in a.model.parameters()) / 1e6, 3)}
+                           "params_m": round(sum(p.numel() for p in a.model.parameters()) / 1e6, 3),
+                           "attention": a.model.config._attn_implementation}
                    for stage, a in adapters.items()},
         "image": {"source": image_name, "height": int(image.shape[0]), "width": int(image.shape[1])},
         "instruction": query.instruction, "segmenter_boxes": boxes if "segmenter" in stages else None,
@@ -145,7 +146,7 @@ def report_lines(r: dict) -> list[str]:
              f"torch {r['torch']} | {r['torch_threads']} threads | device {', '.join(r['devices'])}{gpus} "
              f"| dtype {', '.join(r['dtypes'])}",
              f"weights: {r['weights']}"]
-    lines += [f"  {stage:<10} {v['params_m']:>9.3f} M params  {v['source']}"
+    lines += [f"  {stage:<10} {v['params_m']:>9.3f} M params  {v['attention']:<6} attention  {v['source']}"
               for stage, v in r["models"].items()]
     img = r["image"]
     boxes = [f"segmenter gets {r['segmenter_boxes']} boxes"] if r["segmenter_boxes"] is not None else []

@@ -10,7 +10,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dino_vla.graph import PERCEPTION_GRAPH, CameraTopics, NodeSpec, parameter_overrides, ros_arguments
+from dino_vla.graph import (PERCEPTION_GRAPH, CameraTopics, NodeSpec, composed_ros_arguments, parameter_overrides,
+                            ros_arguments)
+
+# the name of the one process that holds the model nodes under start_graph(one_process=True)
+COMPOSED_PROCESS = "perception"
 
 # set by start_graph for its node processes; `ros2 launch` sites do not set it
 LAUNCHER_PID_ENV = "DINO_VLA_LAUNCHER_PID"
@@ -58,18 +62,26 @@ def start_graph(params_files: list[str | Path], env: dict[str, str], *, camera: 
                 namespace: str = "", instruction: str | None = None, device: str | None = None,
                 models: dict[str, str] | None = None, node_params: dict[str, dict] | None = None,
                 specs: tuple[NodeSpec, ...] = PERCEPTION_GRAPH, stdout=None, stderr=None,
-                configure_timeout_s: float = 300.0) -> RunningGraph:
+                configure_timeout_s: float = 300.0, one_process: bool = False) -> RunningGraph:
     """One process per node, the managed ones configured (their models loaded side by side) and activated
     before this returns; LifecycleError (the graph stopped) when one cannot be. The processes get SIGINT when
     the thread that called this ends (Linux's parent-death signal follows the creating thread), so call it
     from the thread that lives as long as the graph. This process's environment takes `env`'s DDS settings
-    (its own participant must use them)."""
+    (its own participant must use them). With `one_process` the model nodes of `specs` (features, detector,
+    segmenter) share one process, COMPOSED_PROCESS (ros/perception_process.py)."""
     graph = RunningGraph()
-    for spec in specs:
-        overrides = parameter_overrides(spec, instruction, device, models, node_params)
-        cmd = [sys.executable, "-m", spec.module,
-               *ros_arguments(spec, [str(p) for p in params_files], camera, namespace, overrides)]
-        graph.processes[spec.name] = subprocess.Popen(
+    files = [str(p) for p in params_files]
+    composed = [spec for spec in specs if spec in PERCEPTION_GRAPH] if one_process else []
+    commands = {spec.name: [sys.executable, "-m", spec.module, *ros_arguments(
+        spec, files, camera, namespace, parameter_overrides(spec, instruction, device, models, node_params))]
+        for spec in specs if spec not in composed}
+    if composed:
+        commands[COMPOSED_PROCESS] = [
+            sys.executable, "-m", "dino_vla.ros.perception_process", *(spec.name for spec in composed),
+            *composed_ros_arguments(composed, files, camera, namespace, {
+                spec.name: parameter_overrides(spec, instruction, device, models, node_params) for spec in composed})]
+    for name, cmd in commands.items():
+        graph.processes[name] = subprocess.Popen(
             cmd, env={**os.environ, **env, LAUNCHER_PID_ENV: str(os.getpid())}, stdout=stdout, stderr=stderr)
     managed = [spec for spec in specs if spec.managed]
     if managed:

@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import rclpy
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor, ParameterType,
@@ -136,7 +136,14 @@ class ConfiguredNode(Node):
 
 
 def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> int:
-    """Exit codes: 0 clean shutdown, 1 model or parameter error, 2 unsafe DDS configuration.
+    """One node in this process: run_nodes."""
+    return run_nodes((node_cls,), args)
+
+
+def run_nodes(node_classes: Sequence[type[ConfiguredNode]], args: list[str] | None = None) -> int:
+    """The nodes of `node_classes` in this process, on one executor (multi-threaded when there are several, so
+    that one node's long callback does not hold the others'; each node's own callbacks still run one at a
+    time). Exit codes: 0 clean shutdown, 1 model or parameter error, 2 unsafe DDS configuration.
 
     SIGINT and SIGTERM stop the node in this order: no new callbacks, the running ones end, then the node and
     the context go. rclpy's own handlers are not used: they shut the context down from their own thread at
@@ -144,10 +151,12 @@ def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> i
     Under SIGINT a KeyboardInterrupt used to end the callback first, but not under SIGTERM (what ros2 launch
     sends a node still running 5 s after SIGINT) nor when SIGINT came inherited as ignored (`ros2 launch ... &`
     from a script: rclpy catches it all the same, Python raises nothing)."""
+    name = "+".join(cls.STAGE for cls in node_classes)
+    startup_errors = tuple({e for cls in node_classes for e in cls.STARTUP_ERRORS})
     try:
         require_profile_if_named()
     except DdsProfileError as err:
-        print(f"[{node_cls.STAGE}] FATAL: {err}", file=sys.stderr)
+        print(f"[{name}] FATAL: {err}", file=sys.stderr)
         return 2
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     # while the node is built no callback runs yet, so a signal may simply cut that short (a model load can
@@ -155,20 +164,23 @@ def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> i
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.default_int_handler)
     stop_with_launcher()   # after the handlers, so that the SIGINT it may send is caught
-    node = executor = None
+    nodes: list[ConfiguredNode] = []
+    executor = None
     try:
-        node = node_cls()
+        for cls in node_classes:
+            nodes.append(cls())
         stop_requested = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop_requested.set())
         # a node whose callbacks wait on other callbacks (the pick action) needs more than one thread
-        executor = _JoiningMultiThreadedExecutor(num_threads=4) if node_cls.MULTI_THREADED \
-            else SingleThreadedExecutor()
-        executor.add_node(node)
+        executor = _JoiningMultiThreadedExecutor(num_threads=max(4, len(nodes))) \
+            if len(nodes) > 1 or any(cls.MULTI_THREADED for cls in node_classes) else SingleThreadedExecutor()
+        for node in nodes:
+            executor.add_node(node)
         while not stop_requested.is_set():
             executor.spin_once(timeout_sec=0.1)   # Python runs the signal handler when the wait returns
-    except (ConfigError, *node_cls.STARTUP_ERRORS) as err:
-        rclpy.logging.get_logger(node_cls.STAGE).fatal(str(err))
+    except (ConfigError, *startup_errors) as err:
+        rclpy.logging.get_logger(name).fatal(str(err))
         return 1
     except KeyboardInterrupt:
         pass
@@ -179,9 +191,10 @@ def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> i
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
         if executor is not None:
-            node.stop()
+            for node in nodes:
+                node.stop()
             executor.shutdown()   # the multi-threaded one waits for its running callbacks here
-        if node is not None:
+        for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image
 from dino_vla.msg import DetectionArray, SegmentationMasks
 from dino_vla.pipeline.annotate import annotate
 from dino_vla.ros.messages import detections_from_msg, masks_to_msg, provenance_from_msg
-from dino_vla.ros.node_base import run_node
+from dino_vla.ros.node_base import camera_qos, run_node
 from dino_vla.ros.perception_node import PerceptionNode
 from dino_vla.ros.vision_outputs import VisionOutputs
 
@@ -22,6 +22,10 @@ class SegmenterNode(PerceptionNode):
 
     def __init__(self):
         self.images: OrderedDict[tuple[int, int, str], Image] = OrderedDict()
+        # detections whose image is still queued behind them: one executor cycle takes one message per
+        # subscription, so after a long segmentation the detections of frame k can be taken before the
+        # frames queued up to k are
+        self.waiting: OrderedDict[tuple[int, int, str], DetectionArray] = OrderedDict()
         super().__init__()
 
     def configure(self) -> None:
@@ -31,31 +35,44 @@ class SegmenterNode(PerceptionNode):
                                     create=self.output)
 
     def activate(self) -> None:
-        # images only wait in a small cache (no inference in this callback), so the camera QoS depth 1
-        # is not needed here; sensor-data best effort still applies
-        self.input_subscription(Image, "image", self.on_image, self.camera_qos)
+        # images only wait in a small cache (no inference in this callback), and while a segmentation runs
+        # (one callback at a time) the frames that arrive must wait in the subscription's queue: with the camera
+        # QoS depth 1 all but the newest were lost, and with them the detections of those frames.
+        # Sensor-data best effort still applies.
+        self.input_subscription(Image, "image", self.on_image,
+                                camera_qos(self.params["reliability"], depth=self.params["image_cache_size"]))
         self.input_subscription(DetectionArray, "detections", self.on_detections, 1)
 
     def deactivate(self) -> None:
         super().deactivate()
         self.images.clear()
+        self.waiting.clear()
 
     @staticmethod
     def _key(header) -> tuple[int, int, str]:
         return header.stamp.sec, header.stamp.nanosec, header.frame_id
 
     def on_image(self, msg: Image) -> None:
-        self.images[self._key(msg.header)] = msg
+        key = self._key(msg.header)
+        self.images[key] = msg
         while len(self.images) > self.params["image_cache_size"]:
             self.images.popitem(last=False)
+        if key in self.waiting:
+            self.segment(self.waiting.pop(key), msg)
 
     def on_detections(self, msg: DetectionArray) -> None:
-        image_msg = self.images.get(self._key(msg.header))
-        if image_msg is None:
-            self.report("no cached image with their stamp (image dropped or cache too small)",
-                        f"skipping detections stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}",
-                        "warning")
+        key = self._key(msg.header)
+        image_msg = self.images.get(key)
+        if image_msg is not None:
+            self.segment(msg, image_msg)
             return
+        self.waiting[key] = msg
+        while len(self.waiting) > self.params["image_cache_size"]:
+            old = self.waiting.popitem(last=False)[1].header.stamp
+            self.report("no image with their stamp came (image dropped or cache too small)",
+                        f"skipping detections stamped {old.sec}.{old.nanosec:09d}", "warning")
+
+    def segment(self, msg: DetectionArray, image_msg: Image) -> None:
         rgb = self.to_rgb(image_msg)
         if rgb is None:
             return

@@ -194,6 +194,52 @@ def test_bench_refuses_unknown_stages_and_bad_counts(env, tmp_path):
     assert result.returncode == 1 and first_line(result.stderr).startswith("dino-vla: --runs, --boxes")
 
 
+@pytest.mark.dds
+@pytest.mark.parametrize("layout", ["one process per node", "one process (perception)"])
+def test_bench_graph_streams_camera_frames_through_the_nodes(env, tmp_path, layout):
+    """A few seconds of a simulated camera at a low rate through the real nodes over loopback DDS: every figure
+    comes from frames actually published and outputs actually received."""
+    extra = ["--one-process"] if "perception" in layout else []
+    result = dino_vla("bench", "--graph", "--rate", "4", "--seconds", "2", "-n", "2", "--warmup", "1", "--threads",
+                      "1", "--set", "detector.box_threshold=0.0", "--json", "graph.json", *extra, env=env,
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr + (tmp_path / "out" / "bench_graph" / "nodes.log").read_text()[-3000:]
+    assert first_line(result.stderr).startswith("NOTICE: no pretrained weights")
+    report = json.loads((tmp_path / "graph.json").read_text())
+    assert report["layout"] == layout and report["overrides"] == ["detector.box_threshold=0.0"]
+    stream = report["stream"]
+    assert stream["frames_published"] == 8 and 1.5 < stream["seconds"] < 2.5
+    assert 3 < stream["camera_rate_hz"] < 5
+    for stage in ("features", "detector", "segmenter"):
+        s = stream["stages"][stage]
+        assert 0 < s["outputs"] <= 8 and s["outputs"] + s["frames_without_output"] == 8
+        assert 0 < s["from_camera"]["p50_ms"] <= s["from_camera"]["p95_ms"] <= s["from_camera"]["max_ms"]
+    assert stream["stages"]["segmenter"]["from_detector"]["p50_ms"] > 0
+    masks = stream["camera_to_masks"]
+    assert masks["masks"] == stream["stages"]["segmenter"]["outputs"] > 0
+    assert masks["dropped_frames"] == 8 - masks["masks"]
+    # the masks come after their detections
+    assert masks["p50_ms"] > stream["stages"]["segmenter"]["from_detector"]["p50_ms"]
+    processes = ["perception"] if "perception" in layout else ["features", "detector", "segmenter"]
+    assert list(report["processes"]) == processes
+    for usage in report["processes"].values():
+        assert 50 < usage["rss_mib"] <= usage["peak_rss_mib"] and usage["cpu_percent"] >= 0
+    in_process = report["in_process"]
+    assert in_process["runs"] == 2 and in_process["end_to_end"]["p50_ms"] > 0
+    assert set(in_process["stages"]) == {"features", "detector", "segmenter"}
+    assert report["frame"] == {"height": 480, "width": 640, "count": 1} and "MuJoCo" in report["source"]
+    assert "camera -> masks" in result.stdout and "in-process pipeline" in result.stdout
+
+
+def test_bench_graph_refuses_a_parameter_the_nodes_do_not_have(env, tmp_path):
+    result = dino_vla("bench", "--graph", "--set", "detector.no_such_parameter=true", env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert first_line(result.stderr).startswith("dino-vla: 'detector.no_such_parameter=true': node 'detector' has "
+                                                "no parameter 'no_such_parameter'")
+    result = dino_vla("bench", "--graph", "--rate", "0", env=env, cwd=tmp_path)
+    assert result.returncode == 1 and first_line(result.stderr).startswith("dino-vla: --rate and --seconds")
+
+
 # ---- bench-pick and eval -----------------------------------------------------------------------------------
 
 def test_bench_pick_one_scene_per_target(env, tmp_path):
