@@ -271,11 +271,12 @@ def _train(out: Path, dataset: Dataset, model_source: str, settings: DetectorTra
     on_cuda = processes.device.type == "cuda"
     precision = torch.autocast("cuda", dtype=torch.bfloat16) if settings.amp and on_cuda else nullcontext()
     started, losses, saved = time.monotonic(), [], [step]
+    before = history[-1]["minutes"] if history else 0.0     # a resumed run's minutes go on from its last checkpoint
 
     def checkpoint() -> None:
         saved.append(step)      # on every rank (only rank 0 keeps the history): all meet at the barrier below
         if processes.main:
-            entry = {"step": step, "minutes": round((time.monotonic() - started) / 60, 2)}
+            entry = {"step": step, "minutes": round(before + (time.monotonic() - started) / 60, 2)}
             if losses:
                 entry["train_loss"] = round(float(np.mean(losses)), 4)
             if scored[1]:
