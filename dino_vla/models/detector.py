@@ -89,6 +89,12 @@ class GroundingDetector:
                 f"{max_prompt_length(self.model)} tokens: ask for fewer or shorter objects")
         return phrases
 
+    def _forward(self, image: np.ndarray, phrases: tuple[str, ...]):
+        inputs = self.processor(images=Image.fromarray(image), text=prompt_from_phrases(phrases),
+                                return_tensors="pt").to(self.model.device)
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
+        return inputs, self.model(**inputs)
+
     @torch.inference_mode()
     def score_phrases(self, image: np.ndarray, phrases: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Every query's box (xyxy pixels, (Q, 4)) and its score for each phrase ((Q, P)): the mean probability
@@ -96,10 +102,7 @@ class GroundingDetector:
         (top-1, average precision) need."""
         h, w = image.shape[:2]
         phrases = self.check_phrases(phrases)
-        inputs = self.processor(images=Image.fromarray(image), text=prompt_from_phrases(phrases),
-                                return_tensors="pt").to(self.model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        outputs = self.model(**inputs)
+        inputs, outputs = self._forward(image, phrases)
         probs = outputs.logits[0].float().sigmoid()
         label_map = build_label_maps(outputs.logits, inputs["input_ids"])[0].float()
         if len(label_map) != len(phrases):
@@ -116,10 +119,7 @@ class GroundingDetector:
         its text tokens match; class-wise non-maximum suppression; best first."""
         h, w = image.shape[:2]
         phrases = self.check_phrases(phrases)
-        inputs = self.processor(images=Image.fromarray(image), text=prompt_from_phrases(phrases),
-                                return_tensors="pt").to(self.model.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        outputs = self.model(**inputs)
+        inputs, outputs = self._forward(image, phrases)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
         result = self.processor.post_process_grounded_object_detection(
             outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
