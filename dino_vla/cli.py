@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dino_vla.commands import (bench, bench_pick, detect, eval, eval_perception, finetune_segmenter, launch, parse,
-                               record_sim, sim_pick, train)
+from dino_vla.commands import (bench, bench_pick, detect, eval, eval_perception, finetune_detector,
+                               finetune_segmenter, launch, parse, record_sim, sim_pick, train)
 
 COMMANDS = (sim_pick, detect, parse, bench, bench_pick, launch, record_sim, train, eval, finetune_segmenter,
-            eval_perception)
+            finetune_detector, eval_perception)
 
 
 def build_parser() -> argparse.ArgumentParser:

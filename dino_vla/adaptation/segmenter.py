@@ -9,10 +9,8 @@ cross-entropy + dice, plus the IoU head regressed to the IoU its mask reaches. F
 into training and validation frames, so validation objects are never trained on."""
 from __future__ import annotations
 
-import json
-import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,12 +25,10 @@ from dino_vla.models.loading import load_model_and_processor
 from dino_vla.adaptation.settings import SegmenterTraining
 from dino_vla.models.segmenter import Segmenter, crop_window
 from dino_vla.types import tight_box
-from dino_vla.training_state import TrainingStateError, load_training_state, save_training_state
+from dino_vla.training_state import load_training_state
+from dino_vla.adaptation.runs import MIN_MASK_PX, category_of, instances_of, open_run, save_run, split_frames
 
 TRAINING_FILE = "finetune_segmenter.json"
-MIN_MASK_PX = 50     # smaller instances (mostly hidden behind others) are neither trained on nor scored
-
-
 @dataclass(frozen=True)
 class Instance:
     frame: int
@@ -40,28 +36,8 @@ class Instance:
     name: str
 
 
-def instances_of(frame) -> list[tuple[int, str, np.ndarray]]:
-    """(label, name, mask) of a recorded frame's instances of at least MIN_MASK_PX pixels."""
-    out = []
-    for k, name in enumerate(frame.objects, start=1):
-        mask = frame.labels == k
-        if mask.sum() >= MIN_MASK_PX:
-            out.append((k, name, mask))
-    return out
-
-
 def instances(dataset: Dataset, frames: list[int]) -> list[Instance]:
     return [Instance(index, k, name) for index in frames for k, name, _ in instances_of(dataset.frame(index))]
-
-
-def split_frames(num_frames: int, validation_fraction: float, seed: int, max_frames: int = 0
-                 ) -> tuple[list[int], list[int]]:
-    """(training, validation) frame indices: a seeded permutation, the first validation_fraction held out."""
-    order = np.random.default_rng(seed).permutation(num_frames)
-    if max_frames:
-        order = order[:max_frames]
-    held = max(1, int(round(validation_fraction * len(order)))) if len(order) > 1 else 0
-    return sorted(order[held:].tolist()), sorted(order[:held].tolist())
 
 
 class Examples:
@@ -149,15 +125,8 @@ def finetune_segmenter(data: str | Path, out: str | Path, model_source: str,
     dataset = Dataset(data)
     if dataset.num_frames == 0:
         raise DatasetError(f"{data} holds no frames")
-    if resume and not (out / TRAINING_FILE).is_file():
-        raise TrainingStateError(f"{out} has no {TRAINING_FILE} to resume from")
-    if not resume and (out / TRAINING_FILE).is_file():
-        raise TrainingStateError(f"{out} already holds a fine-tuned segmenter; --resume continues it, or choose "
-                                 f"another --out")
-    if resume:
-        record = json.loads((out / TRAINING_FILE).read_text())
-        settings = SegmenterTraining(**{**record["settings"], **{k: v for k, v in asdict(settings).items()
-                                                                    if k in ("steps", "minutes")}})
+    settings, record = open_run(out, TRAINING_FILE, "segmenter", settings, resume)
+    if record:
         model_source = str(out)
     model, processor = load_model_and_processor(SamModel, SamProcessor, model_source, device, "float32",
                                                 what="SAM segmenter", parameter="--model")
@@ -172,7 +141,7 @@ def finetune_segmenter(data: str | Path, out: str | Path, model_source: str,
     optimizer = torch.optim.AdamW(_trainable(model, settings.train), lr=settings.learning_rate,
                                   weight_decay=settings.weight_decay)
     step, history = 0, []
-    if resume:
+    if record:
         step = load_training_state(out, optimizer)
         history = record["history"]
     started, model_time = time.monotonic(), 0.0
@@ -195,12 +164,12 @@ def finetune_segmenter(data: str | Path, out: str | Path, model_source: str,
         if step % settings.validate_every == 0 or step == settings.steps:
             history.append({"step": step, "minutes": round((time.monotonic() - started) / 60, 2),
                             **validation_losses(model, examples, val_set[:256]), "train_loss": round(parts["loss"], 4)})
-            _save(out, model, processor, optimizer, step, settings, history, model_source)
+            save_run(out, TRAINING_FILE, model, processor, optimizer, step, settings, history, model_source)
             model.train()
     if not history or history[-1]["step"] != step:
         history.append({"step": step, "minutes": round((time.monotonic() - started) / 60, 2),
                         **validation_losses(model, examples, val_set[:256])})
-    _save(out, model, processor, optimizer, step, settings, history, model_source)
+    save_run(out, TRAINING_FILE, model, processor, optimizer, step, settings, history, model_source)
     return {"out": str(out), "steps": step, "train_instances": len(train_set), "validation_instances": len(val_set),
             "minutes": round((time.monotonic() - started) / 60, 2), "model_minutes": round(model_time / 60, 2),
             "validation": history[-1]}
@@ -219,19 +188,6 @@ def validation_losses(model: SamModel, examples: Examples, val_set: list[Instanc
         ious += [parts["low_res_iou"]] * len(chosen)
         losses += [parts["loss"]] * len(chosen)
     return {"val_loss": round(float(np.mean(losses)), 4), "val_low_res_iou": round(float(np.mean(ious)), 4)}
-
-
-def _save(out: Path, model: SamModel, processor: SamProcessor, optimizer, step: int, settings: SegmenterTraining,
-          history: list[dict], model_source: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    processor.save_pretrained(out)
-    save_training_state(out, optimizer, step)
-    started_from = model_source
-    if (out / TRAINING_FILE).is_file():
-        started_from = json.loads((out / TRAINING_FILE).read_text()).get("started_from", model_source)
-    (out / TRAINING_FILE).write_text(json.dumps({"settings": asdict(settings), "step": step,
-                                                 "started_from": started_from, "history": history}, indent=2) + "\n")
 
 
 @dataclass(frozen=True)
@@ -258,7 +214,7 @@ def evaluate_masks(data: str | Path, segmenter: Segmenter, frames: list[int] | N
         for (_, name, truth), predicted in zip(chosen, masks.masks):
             iou = float((predicted & truth).sum() / max(1, (predicted | truth).sum()))
             ious.append(iou)
-            names.setdefault(re.sub(r"_\d+$", "", name), []).append(iou)   # cup_2 is a cup
+            names.setdefault(category_of(name), []).append(iou)
         if progress:
             progress(len(ious))
     if not ious:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dino_vla.commands.common import (add_config_option, add_perception_option, choose_perception, fail,
-                                      load_params)
+from dino_vla.commands.common import (TRAINED, add_config_option, add_perception_option, add_trained_options,
+                                      choose_perception, fail, load_params, trained_models)
 
 
 def add_parser(subparsers) -> None:
@@ -16,11 +16,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--targets", nargs="+", help="catalogue objects to pick (default: cup bottle box block ball can)")
     p.add_argument("--distractors", type=int, default=3, help="other objects per scene (default 3)")
     p.add_argument("--first-seed", type=int, default=0)
-    add_perception_option(p, extra=("true-boxes",), extra_help="; true-boxes: the simulator's boxes of what the "
-                          "instruction names (a perfect detector), masked by the configured segmenter")
-    p.add_argument("--segmenter", help="SAM hub id or directory instead of the config's (e.g. a finetune-segmenter "
-                   "output)")
-    p.add_argument("--crop-context", type=float, help="the segmenter's crop_context instead of the config's")
+    add_perception_option(p, extra=("true-boxes", TRAINED), extra_help="; true-boxes: the simulator's boxes of what "
+                          "the instruction names (a perfect detector), masked by the configured segmenter; trained: "
+                          "--detector and --segmenter (finetune-detector / finetune-segmenter outputs)")
+    add_trained_options(p)
     add_config_option(p, ("perception.yaml", "pick.yaml", "sim.yaml"))
     p.add_argument("--json", help="also write the figures and every episode to this JSON file")
     p.set_defaults(main=main)
@@ -43,12 +42,7 @@ def main(args: argparse.Namespace) -> int:
     if args.scenes < 1 or not 0 <= args.distractors < len(ORIGINAL_CATEGORIES):
         fail(f"--scenes must be >= 1 and --distractors in [0, {len(ORIGINAL_CATEGORIES) - 1}]")
     params = load_params(args)
-    if args.segmenter:
-        params["segmenter"]["model"] = args.segmenter
-    if args.crop_context is not None:
-        if not 0 <= args.crop_context <= 10:
-            fail("--crop-context must be in [0, 10]")
-        params["segmenter"]["crop_context"] = args.crop_context
+    trained_models(args, params)
     if args.perception == "true-boxes":
         from dino_vla.pipeline import PerceptionPipeline
 
@@ -67,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
         except ModelUnavailableError as err:
             fail(str(err))
         perceive = model_perception(pipeline)
-        source = f"{params['detector']['model']} + {params['segmenter']['model']}"
+        segmenter = params["segmenter"]
+        source = f"{params['detector']['model']} + {segmenter['model']} (crop_context {segmenter['crop_context']:g})"
     else:
         perceive, source = ground_truth_perception_of, SOURCE
     print(f"bench-pick: {args.scenes} seeded scenes per target, {args.distractors} distractors, "

@@ -87,12 +87,58 @@ def add_perception_option(parser: argparse.ArgumentParser, extra: tuple[str, ...
                              "models when their pretrained weights can be had" + extra_help)
 
 
+TRAINED = "trained"
+SHIPPED_SEGMENTER = Path(__file__).resolve().parents[1] / "adaptation" / "checkpoints" / "sim-tiny-sam"
+
+
+def add_trained_options(parser: argparse.ArgumentParser) -> None:
+    """--detector, --segmenter, --crop-context and --box-threshold: the models of --perception trained."""
+    parser.add_argument("--detector", help="--perception trained: Grounding DINO directory (a finetune-detector "
+                        "output)")
+    parser.add_argument("--segmenter", help="SAM hub id or directory instead of the config's (e.g. a "
+                        "finetune-segmenter output); --perception trained: default the shipped sim-tiny-sam")
+    parser.add_argument("--crop-context", type=float, help="the segmenter's crop_context instead of the config's "
+                        "(default with --perception trained: what the segmenter was trained with)")
+    parser.add_argument("--box-threshold", type=float, help="the detector's box_threshold instead of the config's")
+
+
+def trained_models(args: argparse.Namespace, params: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Detector and segmenter parameters that replace the config's: the models --detector, --segmenter,
+    --crop-context and --box-threshold name; with --perception trained the detector is required, and the segmenter
+    defaults to the shipped sim-tiny-sam, cropped as its training recorded (finetune_segmenter.json)."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {"detector": {}, "segmenter": {}}
+    if args.perception == TRAINED and not args.detector:
+        fail("--perception trained needs --detector DIR (a finetune-detector output)")
+    if args.detector:
+        out["detector"]["model"] = args.detector
+    segmenter = args.segmenter or (str(SHIPPED_SEGMENTER) if args.perception == TRAINED else None)
+    if segmenter:
+        out["segmenter"]["model"] = segmenter
+    crop_context = args.crop_context
+    record = Path(segmenter or "") / "finetune_segmenter.json"
+    if crop_context is None and args.perception == TRAINED and record.is_file():
+        crop_context = json.loads(record.read_text())["settings"]["crop_context"]
+    if crop_context is not None:
+        if not 0 <= crop_context <= 10:
+            fail("--crop-context must be in [0, 10]")
+        out["segmenter"]["crop_context"] = crop_context
+    if args.box_threshold is not None:
+        if not 0 <= args.box_threshold <= 1:
+            fail("--box-threshold must be in [0, 1]")
+        out["detector"]["box_threshold"] = args.box_threshold
+    for stage, values in out.items():
+        params[stage].update(values)
+    return out
+
+
 def choose_perception(args: argparse.Namespace, params: dict[str, dict[str, Any]]) -> tuple[bool, str | None]:
     """(detector + segmenter models?, banner for the visual record). auto: the models when their
     pretrained weights can be had, else the simulator's ground truth, said in one line up front."""
     from dino_vla.models.loading import how_to_supply, weights_obtainable
 
-    if args.perception == "models":
+    if args.perception in ("models", TRAINED):
         return True, None
     if args.perception == "ground-truth":
         print(f"NOTICE: --perception ground-truth: {GROUND_TRUTH_BANNER.lower()} stands in for Grounding "

@@ -7,8 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from dino_vla.commands.common import (add_config_option, add_dds_option, add_perception_option, choose_perception,
-                                      config_files, load_params, loopback_environment, on_ros_domain)
+from dino_vla.commands.common import (TRAINED, add_config_option, add_dds_option, add_perception_option,
+                                      add_trained_options, choose_perception, config_files, load_params,
+                                      loopback_environment, on_ros_domain, trained_models)
 
 
 def add_parser(subparsers) -> None:
@@ -18,7 +19,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="scene layout (default 0)")
     p.add_argument("--out", "-o", default="out/sim_pick", help="directory for the record (default out/sim_pick)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the pick result")
-    add_perception_option(p)
+    add_perception_option(p, extra=(TRAINED,), extra_help="; trained: --detector and --segmenter "
+                          "(finetune-detector / finetune-segmenter outputs)")
+    add_trained_options(p)
     add_config_option(p, ("perception.yaml", "pick.yaml", "policy.yaml", "sim.yaml"))
     p.add_argument("--grasp-source", choices=("planner", "policy"), default="planner",
                    help="planner: the geometric grasp planner; policy: the VLA policy node (config/policy.yaml's "
@@ -35,13 +38,18 @@ def main(args: argparse.Namespace) -> int:
 
     env = loopback_environment(args)
     files = config_files(args)
-    model_perception, banner = choose_perception(args, load_params(args))
+    params = load_params(args)
+    models = trained_models(args, params)
+    model_perception, banner = choose_perception(args, params)
     try:
         node_params = pick_graph_params(True, model_perception, args.grasp_source, files)
     except CheckpointError as err:
         print(f"dino-vla sim-pick: policy checkpoint: {err}", file=sys.stderr)
         return 1
     node_params["sim"]["seed"] = args.seed
+    if model_perception:
+        for stage, values in models.items():
+            node_params.setdefault(stage, {}).update(values)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "nodes.log", "w") as log, on_ros_domain(args, env) as env:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
+from transformers.models.grounding_dino.modeling_grounding_dino import build_label_maps
 
 from dino_vla.instruction import InstructionError, normalise_phrases, prompt_from_phrases
 from dino_vla.config import DEFAULT_MODELS
@@ -54,11 +55,14 @@ def _key(value) -> Any:
 
 class GroundingDetector:
     def __init__(self, model, processor, name: str, box_threshold: float = 0.35,
-                 text_threshold: float = 0.25, nms_iou: float = 0.5, max_detections: int = 20):
+                 text_threshold: float = 0.25, nms_iou: float = 0.5, max_detections: int = 20,
+                 prompt_cache: bool = True):
+        """prompt_cache False: for a model whose weights change between calls (validation while training),
+        where a cached prompt encoding would be stale."""
         self.model = model
         # one cache per model, also when several detectors share it (with other thresholds)
         backbone = getattr(getattr(model, "model", None), "text_backbone", None)
-        self.prompt_cache = None if backbone is None else \
+        self.prompt_cache = None if backbone is None or not prompt_cache else \
             backbone.forward if isinstance(backbone.forward, PromptCache) else PromptCache(backbone)
         self.processor = processor
         self.name = name
@@ -79,14 +83,35 @@ class GroundingDetector:
         """The normalised phrases, or InstructionError when their prompt has more text tokens than the
         model reads (config.max_text_len): past it the model fails deep inside its text encoder."""
         phrases = normalise_phrases(phrases)
-        limit = getattr(self.model.config, "max_text_len", None)
-        if limit is not None:
-            tokens = len(self.processor.tokenizer(prompt_from_phrases(phrases))["input_ids"])
-            if tokens > limit:
-                raise InstructionError(
-                    f"{len(phrases)} phrases make a {tokens}-token prompt; {self.name} reads at most "
-                    f"{limit} tokens: ask for fewer or shorter objects")
+        tokens = prompt_length(self.processor, phrases)
+        if tokens > max_prompt_length(self.model):
+            raise InstructionError(
+                f"{len(phrases)} phrases make a {tokens}-token prompt; {self.name} reads at most "
+                f"{max_prompt_length(self.model)} tokens: ask for fewer or shorter objects")
         return phrases
+
+    def _forward(self, image: np.ndarray, phrases: tuple[str, ...]):
+        inputs = {name: to_model(value, self.model) for name, value in self.processor(
+            images=Image.fromarray(image), text=prompt_from_phrases(phrases), return_tensors="pt").items()}
+        return inputs, self.model(**inputs)
+
+    @torch.inference_mode()
+    def score_phrases(self, image: np.ndarray, phrases: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Every query's box (xyxy pixels, (Q, 4)) and its score for each phrase ((Q, P)): the mean probability
+        of the phrase's tokens, as Grounding DINO's matcher weighs them. No thresholds: what ranking metrics
+        (top-1, average precision) need."""
+        h, w = image.shape[:2]
+        phrases = self.check_phrases(phrases)
+        inputs, outputs = self._forward(image, phrases)
+        probs = outputs.logits[0].float().sigmoid()
+        label_map = build_label_maps(outputs.logits, inputs["input_ids"])[0].float()
+        if len(label_map) != len(phrases):
+            raise InstructionError(f"the prompt {prompt_from_phrases(phrases)!r} splits into {len(label_map)} "
+                                   f"phrases, not {len(phrases)}")
+        scores = probs @ (label_map / label_map.sum(1, keepdim=True)).T
+        cx, cy, bw, bh = outputs.pred_boxes[0].float().unbind(-1)
+        boxes = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1)
+        return boxes.cpu().numpy(), scores.cpu().numpy()
 
     @torch.inference_mode()
     def detect(self, image: np.ndarray, phrases: Sequence[str]) -> Detections:
@@ -94,9 +119,7 @@ class GroundingDetector:
         its text tokens match; class-wise non-maximum suppression; best first."""
         h, w = image.shape[:2]
         phrases = self.check_phrases(phrases)
-        inputs = {name: to_model(value, self.model) for name, value in self.processor(
-            images=Image.fromarray(image), text=prompt_from_phrases(phrases), return_tensors="pt").items()}
-        outputs = self.model(**inputs)
+        inputs, outputs = self._forward(image, phrases)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
         result = self.processor.post_process_grounded_object_detection(
             outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
@@ -119,6 +142,15 @@ class GroundingDetector:
             kept += [idx[int(j)] for j in np.asarray(survivors).reshape(-1)]
         kept.sort(key=lambda i: (-scores[i], i))
         return kept[: self.max_detections]
+
+
+def prompt_length(processor, phrases: Sequence[str]) -> int:
+    """Text tokens of the phrases' prompt, [CLS] and [SEP] included."""
+    return len(processor.tokenizer(prompt_from_phrases(phrases))["input_ids"])
+
+
+def max_prompt_length(model) -> int:
+    return int(getattr(model.config, "max_text_len", None) or 10 ** 9)
 
 
 _SPECIAL_TOKEN = re.compile(r"\[[A-Z]+\]")  # [SEP], [CLS], [PAD] left in decoded labels
