@@ -84,19 +84,23 @@ def unlabelled_frames(data: str | Path, short_side: int, max_frames: int = 0, se
 
 # ---- multi-crop ----------------------------------------------------------------------------------------------
 
-def random_resized_crop(image: np.ndarray, size: int, scale: tuple[float, float], rng: np.random.Generator
-                        ) -> np.ndarray:
-    """A crop of area `scale` of the image's, aspect ratio 3:4 to 4:3 (log-uniform), resized to size x size."""
-    h, w = image.shape[:2]
+def random_window(height: int, width: int, scale: tuple[float, float], rng: np.random.Generator
+                  ) -> tuple[int, int, int, int]:
+    """x0, y0, width, height of a window of area `scale` of the image's, aspect ratio 3:4 to 4:3 (log-uniform)."""
     for _ in range(10):
-        area = h * w * rng.uniform(*scale)
+        area = height * width * rng.uniform(*scale)
         ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
         cw, ch = round(math.sqrt(area * ratio)), round(math.sqrt(area / ratio))
-        if 0 < cw <= w and 0 < ch <= h:
+        if 0 < cw <= width and 0 < ch <= height:
             break
     else:
-        cw = ch = min(h, w)
-    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        cw = ch = min(height, width)
+    return int(rng.integers(0, width - cw + 1)), int(rng.integers(0, height - ch + 1)), cw, ch
+
+
+def random_resized_crop(image: np.ndarray, size: int, scale: tuple[float, float], rng: np.random.Generator
+                        ) -> np.ndarray:
+    x0, y0, cw, ch = random_window(image.shape[0], image.shape[1], scale, rng)
     return cv2.resize(image[y0:y0 + ch, x0:x0 + cw], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
@@ -138,11 +142,18 @@ def draw_views(frames: list[np.ndarray], chosen: list[int], settings: BackboneDi
         return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
 
     s = settings
-    globals_ = [[photometric(random_resized_crop(frames[i], s.global_size, s.global_scale, rng), rng,
-                             blur=1.0 if k == 0 else 0.1, solarize=0.0 if k == 0 else 0.2) for i in chosen]
+    # DINO's views of one image overlap (global crops cover 32-100 % of it): the image each frame gives here is a
+    # window of it (region_scale), so that table-top objects come out large; views of whole frames would show
+    # them a few pixels wide, and crops small enough to enlarge them rarely overlap (tried: uniform collapse)
+    regions = []
+    for i in chosen:
+        x0, y0, cw, ch = random_window(*frames[i].shape[:2], s.region_scale, rng)
+        regions.append(frames[i][y0:y0 + ch, x0:x0 + cw])
+    globals_ = [[photometric(random_resized_crop(region, s.global_size, s.global_scale, rng), rng,
+                             blur=1.0 if k == 0 else 0.1, solarize=0.0 if k == 0 else 0.2) for region in regions]
                 for k in range(2)]
-    locals_ = [[photometric(random_resized_crop(frames[i], s.local_size, s.local_scale, rng), rng, 0.5, 0.0)
-                for i in chosen] for _ in range(s.local_crops)]
+    locals_ = [[photometric(random_resized_crop(region, s.local_size, s.local_scale, rng), rng, 0.5, 0.0)
+                for region in regions] for _ in range(s.local_crops)]
     side = s.global_size // patch_size
     masks = np.zeros((2 * len(chosen), side * side), bool)
     masked = rng.permutation(len(masks))[:round(s.mask_probability * len(masks))] if s.ibot_weight > 0 else []
@@ -237,8 +248,16 @@ class CollapseWatch:
     nn_distance: float          # mean distance of a normalised class token to its batch neighbour; 0: one point
 
     @property
+    def collapse(self) -> str:
+        """"uniform" (the teacher says the same flat thing for every image: what a random start looks like
+        too), "one point" (every image the same class token), or "" (neither)."""
+        if self.nn_distance < 0.01:
+            return "one point"
+        return "uniform" if self.teacher_entropy > 0.95 * self.log_k else ""
+
+    @property
     def collapsed(self) -> bool:
-        return self.teacher_entropy > 0.95 * self.log_k or self.nn_distance < 0.01
+        return bool(self.collapse)
 
     @classmethod
     def of(cls, targets: torch.Tensor, cls_tokens: torch.Tensor) -> "CollapseWatch":
@@ -379,9 +398,7 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
                                  f"another --out")
     record = json.loads((out / TRAINING_FILE).read_text()) if resume else {}
     if resume:
-        saved = {**record["settings"], "global_scale": tuple(record["settings"]["global_scale"]),
-                 "local_scale": tuple(record["settings"]["local_scale"]),
-                 "mask_ratio": tuple(record["settings"]["mask_ratio"])}
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in record["settings"].items()}
         settings = BackboneDistillation(**{**saved, "steps": settings.steps, "minutes": settings.minutes})
     _validate(settings)
     check_backbone_source(model_source)
@@ -429,7 +446,7 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
         net.update_teacher(cosine(settings.teacher_momentum, 1.0, step, settings.steps))
         step += 1
         last = {**parts, "teacher_entropy": watch.teacher_entropy, "log_k": watch.log_k,
-                "nn_distance": watch.nn_distance, "collapsed": watch.collapsed, "lr": lr,
+                "nn_distance": watch.nn_distance, "collapse": watch.collapse, "lr": lr,
                 "teacher_temperature": temperature}
         if progress:
             progress(step, last)
@@ -446,7 +463,7 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
             "teacher_entropy": round(last["teacher_entropy"], 4) if last else None,
             "max_teacher_entropy": round(max(entropies), 4) if entropies else None,
             "nn_distance": round(last["nn_distance"], 4) if last else None,
-            "collapsed": any(h["collapsed"] for h in history[-3:]) if history else False,
+            "collapse": last.get("collapse", ""),
             "last": {k: round(v, 4) for k, v in last.items() if isinstance(v, float)}}
 
 
@@ -461,7 +478,7 @@ def _validate(s: BackboneDistillation) -> None:
         problems.append("teacher momentum in [0, 1), teacher temperatures > 0")
     if s.centering not in ("sinkhorn", "centre"):
         problems.append(f"centering must be sinkhorn or centre, got {s.centering!r}")
-    for name in ("global_scale", "local_scale", "mask_ratio"):
+    for name in ("region_scale", "global_scale", "local_scale", "mask_ratio"):
         low, high = getattr(s, name)
         if not 0 < low <= high <= 1:
             problems.append(f"{name} must be 0 < low <= high <= 1, got {(low, high)}")

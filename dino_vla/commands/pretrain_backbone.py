@@ -32,8 +32,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--prototypes", type=int, default=S.prototypes, help="K, the heads' prototypes")
     p.add_argument("--centering", choices=("sinkhorn", "centre"), default=S.centering)
     p.add_argument("--teacher-momentum", type=float, default=S.teacher_momentum)
+    p.add_argument("--teacher-temp-start", type=float, default=S.teacher_temperature_start)
+    p.add_argument("--teacher-temp", type=float, default=S.teacher_temperature, help="teacher temperature after "
+                   f"the warm-up (default {S.teacher_temperature}; DINO's 0.07)")
     p.add_argument("--teacher-temp-warmup", type=int, default=S.teacher_temperature_warmup,
-                   help="steps of the teacher temperature's warm-up from 0.04 to 0.07")
+                   help="steps of the teacher temperature's linear warm-up")
     p.add_argument("--local-crops", type=int, default=S.local_crops)
     p.add_argument("--global-size", type=int, default=S.global_size, help="side of the global crops in pixels")
     p.add_argument("--local-size", type=int, default=S.local_size)
@@ -71,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
     settings = BackboneDistillation(
         steps=args.steps, minutes=args.minutes, batch_size=args.batch_size, learning_rate=args.lr,
         warmup_steps=args.warmup_steps, prototypes=args.prototypes, centering=args.centering,
-        teacher_momentum=args.teacher_momentum, teacher_temperature_warmup=args.teacher_temp_warmup,
+        teacher_momentum=args.teacher_momentum, teacher_temperature_start=args.teacher_temp_start,
+        teacher_temperature=args.teacher_temp, teacher_temperature_warmup=args.teacher_temp_warmup,
         local_crops=args.local_crops, global_size=args.global_size, local_size=args.local_size,
         koleo_weight=args.koleo, ibot_weight=args.ibot, gram_weight=gram, max_frames=args.max_frames,
         save_every=args.save_every, seed=args.seed)
@@ -81,7 +85,7 @@ def main(args: argparse.Namespace) -> int:
         bar.n = step
         bar.set_postfix(loss=f"{parts['loss']:.3f}", H=f"{parts['teacher_entropy']:.2f}/{parts['log_k']:.2f}",
                         nn=f"{parts['nn_distance']:.3f}", koleo=f"{parts.get('koleo', 0):.2f}",
-                        **({"COLLAPSED": "yes"} if parts["collapsed"] else {}), refresh=False)
+                        **({"collapse": parts["collapse"]} if parts["collapse"] else {}), refresh=False)
         bar.update(0)
 
     try:
@@ -91,8 +95,8 @@ def main(args: argparse.Namespace) -> int:
         fail(str(err))
     finally:
         bar.close()
-    if summary["collapsed"]:
-        print(f"WARNING: the run ends collapsed (teacher entropy {summary['teacher_entropy']} of log K "
-              f"{summary['log_k']}, nearest-neighbour distance {summary['nn_distance']})", file=sys.stderr)
+    if summary["collapse"]:
+        print(f"WARNING: the run ends collapsed ({summary['collapse']}: teacher entropy {summary['teacher_entropy']} "
+              f"of log K {summary['log_k']}, nearest-neighbour distance {summary['nn_distance']})", file=sys.stderr)
     print(json.dumps(summary))
     return 0

@@ -45,14 +45,14 @@ def test_uniform_targets_are_a_collapse_at_log_k_and_sharp_ones_are_not():
     k = 64
     uniform = CollapseWatch.of(torch.full((8, k), 1 / k), torch.eye(8, 16))
     assert uniform.teacher_entropy == pytest.approx(math.log(k)) and uniform.log_k == pytest.approx(math.log(k))
-    assert uniform.collapsed
+    assert uniform.collapsed and uniform.collapse == "uniform"
     one_hot = torch.eye(8, k)
     sharp = CollapseWatch.of(one_hot, torch.eye(8, 16))
     assert sharp.teacher_entropy == pytest.approx(0.0, abs=1e-6) and not sharp.collapsed
     # orthogonal class tokens are sqrt(2) apart; identical ones 0 apart: every image one point
     assert sharp.nn_distance == pytest.approx(math.sqrt(2))
     same = CollapseWatch.of(one_hot, torch.ones(8, 16))
-    assert same.nn_distance == pytest.approx(0.0, abs=1e-6) and same.collapsed
+    assert same.nn_distance == pytest.approx(0.0, abs=1e-6) and same.collapse == "one point"
 
 
 def test_koleo_is_minus_log_of_the_nearest_neighbour_distance():
@@ -80,8 +80,8 @@ def test_gram_loss_is_zero_for_the_same_patch_similarities_only():
     assert float(gram_loss(torch.randn(2, 9, 8), a)) > 0.01
 
 
-def test_the_teacher_temperature_warms_up_from_0_04_to_0_07():
-    s = BackboneDistillation(teacher_temperature_warmup=100)
+def test_the_teacher_temperature_warms_up_linearly():
+    s = BackboneDistillation(teacher_temperature_start=0.04, teacher_temperature=0.07, teacher_temperature_warmup=100)
     assert teacher_temperature(s, 0) == pytest.approx(0.04)
     assert teacher_temperature(s, 50) == pytest.approx(0.055)
     assert teacher_temperature(s, 100) == teacher_temperature(s, 5000) == pytest.approx(0.07)
