@@ -104,8 +104,10 @@ def random_resized_crop(image: np.ndarray, size: int, scale: tuple[float, float]
     return cv2.resize(image[y0:y0 + ch, x0:x0 + cw], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def photometric(image: np.ndarray, rng: np.random.Generator, blur: float, solarize: float) -> np.ndarray:
-    """DINO's view augmentations: flip, colour jitter (p 0.8), greyscale (p 0.2), blur and solarisation."""
+def photometric(image: np.ndarray, rng: np.random.Generator, blur: float, solarize: float, hue: float = 0.1,
+                greyscale: float = 0.2) -> np.ndarray:
+    """DINO's view augmentations: flip, colour jitter (p 0.8; hue turned by up to `hue` of a full turn),
+    greyscale (p `greyscale`), blur and solarisation."""
     if rng.random() < 0.5:
         image = image[:, ::-1]
     out = image.astype(np.float32)
@@ -115,9 +117,10 @@ def photometric(image: np.ndarray, rng: np.random.Generator, blur: float, solari
         grey = out.mean(axis=2, keepdims=True)
         out = (out - grey) * rng.uniform(0.8, 1.2) + grey                          # saturation
         hsv = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV)
-        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(rng.integers(-18, 19))) % 180   # hue, +-0.1 turn
+        turn = int(round(hue * 180))                                              # OpenCV's hue: 0..179
+        hsv[..., 0] = (hsv[..., 0].astype(np.int32) + int(rng.integers(-turn, turn + 1))) % 180
         out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB).astype(np.float32)
-    if rng.random() < 0.2:
+    if rng.random() < greyscale:
         out = np.repeat(out.mean(axis=2, keepdims=True), 3, axis=2)
     out = np.clip(out, 0, 255).astype(np.uint8)
     if rng.random() < blur:
@@ -149,10 +152,11 @@ def draw_views(frames: list[np.ndarray], chosen: list[int], settings: BackboneDi
     for i in chosen:
         x0, y0, cw, ch = random_window(*frames[i].shape[:2], s.region_scale, rng)
         regions.append(frames[i][y0:y0 + ch, x0:x0 + cw])
+    look = {"hue": s.hue_jitter, "greyscale": s.greyscale_probability}
     globals_ = [[photometric(random_resized_crop(region, s.global_size, s.global_scale, rng), rng,
-                             blur=1.0 if k == 0 else 0.1, solarize=0.0 if k == 0 else 0.2) for region in regions]
-                for k in range(2)]
-    locals_ = [[photometric(random_resized_crop(region, s.local_size, s.local_scale, rng), rng, 0.5, 0.0)
+                             blur=1.0 if k == 0 else 0.1, solarize=0.0 if k == 0 else 0.2, **look)
+                 for region in regions] for k in range(2)]
+    locals_ = [[photometric(random_resized_crop(region, s.local_size, s.local_scale, rng), rng, 0.5, 0.0, **look)
                 for region in regions] for _ in range(s.local_crops)]
     side = s.global_size // patch_size
     masks = np.zeros((2 * len(chosen), side * side), bool)
@@ -476,6 +480,8 @@ def _validate(s: BackboneDistillation) -> None:
         problems.append("learning rate > 0, minutes and max_frames >= 0")
     if not 0 <= s.teacher_momentum < 1 or not (s.teacher_temperature_start > 0 and s.teacher_temperature > 0):
         problems.append("teacher momentum in [0, 1), teacher temperatures > 0")
+    if not 0 <= s.hue_jitter <= 0.5 or not 0 <= s.greyscale_probability <= 1:
+        problems.append("hue_jitter in [0, 0.5] (a turn), greyscale_probability in [0, 1]")
     if s.centering not in ("sinkhorn", "centre"):
         problems.append(f"centering must be sinkhorn or centre, got {s.centering!r}")
     for name in ("region_scale", "global_scale", "local_scale", "mask_ratio"):

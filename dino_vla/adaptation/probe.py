@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dino_vla.adaptation.settings import PROBE_PAINTS
 from dino_vla.models.features import DinoFeatures
 from dino_vla.models.segmenter import crop_window
 from dino_vla.sim.scene import COLOURS, PlacedObject, SceneSpec, layout, random_appearance
 from dino_vla.sim.tasks import CATEGORIES
 from dino_vla.types import tight_box
 
-PAINTS = ("one", "usual")     # one: a colour per scene for all its objects (colour-blind); usual: the catalogue's
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,8 @@ def render_object_crops(scenes: int, first_seed: int = 7_000_000, paint: str = "
     in `scenes` simulator scenes of `per_scene` different categories each."""
     from dino_vla.sim.mujoco_sim import TabletopSim   # MuJoCo only when rendering
 
-    if paint not in PAINTS:
-        raise ValueError(f"paint must be one of {PAINTS}, got {paint!r}")
+    if paint not in PROBE_PAINTS:
+        raise ValueError(f"paint must be one of {PROBE_PAINTS}, got {paint!r}")
     if scenes < 2 or not 1 <= per_scene <= len(CATEGORIES):
         raise ValueError(f"scenes must be >= 2 and per_scene in [1, {len(CATEGORIES)}]")
     images, categories, seeds = [], [], []

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the colour-blind probe's paints: one colour per scene for all its objects (colour-blind), or the catalogue's
+PROBE_PAINTS = ("one", "usual")
+
 
 @dataclass(frozen=True)
 class SegmenterTraining:
@@ -53,6 +56,10 @@ class BackboneDistillation:
                                                       # the image the crops are cut from: objects come out large
     global_scale: tuple[float, float] = (0.32, 1.0)   # crop area as a fraction of that window (DINO's)
     local_scale: tuple[float, float] = (0.05, 0.32)
+    # DINO turns hue by up to 0.1 and greys 20 % of views; a simulator's objects come in a few flat paints, and
+    # matching views by colour is then the easy way out: any hue, and half the views grey, leave shape
+    hue_jitter: float = 0.5          # the largest hue turn, as a fraction of the colour circle (0.5: any hue)
+    greyscale_probability: float = 0.5
     frame_short_side: int = 480      # frames are kept in memory at this size (decoded once): ~1 MB each
     koleo_weight: float = 0.1
     ibot_weight: float = 1.0

@@ -15,7 +15,7 @@ RANDOM_TINY = "random-tiny"
 
 
 def add_parser(subparsers) -> None:
-    from dino_vla.adaptation.probe import PAINTS
+    from dino_vla.adaptation.settings import PROBE_PAINTS
 
     p = subparsers.add_parser("probe-backbone", help="colour-blind probe of DINOv2 backbones: k-NN accuracy by "
                               "category on crops of repainted simulator objects (category by shape)")
@@ -25,7 +25,7 @@ def add_parser(subparsers) -> None:
                    "two thirds the k-NN's references, the rest its queries")
     p.add_argument("--first-seed", type=int, default=7_000_000, help="seed of the first scene (held out from "
                    "record-sim's seeds)")
-    p.add_argument("--paint", choices=PAINTS, default="one", help="one: every object of a scene one colour drawn "
+    p.add_argument("--paint", choices=PROBE_PAINTS, default="one", help="one: every object of a scene one colour drawn "
                    "per scene (colour-blind, the default); usual: the catalogue's colours (colour helps)")
     p.add_argument("-k", type=int, default=20, help="neighbours voting (default 20)")
     p.add_argument("--json", help="write the scores to this file")
