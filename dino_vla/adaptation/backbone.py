@@ -39,7 +39,8 @@ from transformers import AutoImageProcessor, Dinov2Model
 from dino_vla.adaptation.settings import BackboneDistillation
 from dino_vla.dataset.format import Dataset, DatasetError
 from dino_vla.models.loading import ModelUnavailableError, load_model_and_processor
-from dino_vla.training_state import TrainingStateError, load_training_state, save_training_state
+from dino_vla.training_state import (TrainingStateError, load_training_state, save_training_state,
+                                     write_training_record)
 from dino_vla.types import IMAGE_SUFFIXES
 
 TRAINING_FILE = "pretrain_backbone.json"
@@ -502,8 +503,4 @@ def _save(out: Path, net: Distillation, processor, optimizer, step: int, setting
     save_file(state, str(tmp))
     tmp.replace(out / DISTILLATION_FILE)
     save_training_state(out, optimizer, step)
-    started_from = model_source
-    if (out / TRAINING_FILE).is_file():
-        started_from = json.loads((out / TRAINING_FILE).read_text()).get("started_from", model_source)
-    (out / TRAINING_FILE).write_text(json.dumps({"settings": asdict(settings), "step": step,
-                                                 "started_from": started_from, "history": history}, indent=2) + "\n")
+    write_training_record(out, TRAINING_FILE, asdict(settings), step, history, model_source)

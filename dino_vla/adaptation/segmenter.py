@@ -27,7 +27,8 @@ from dino_vla.models.loading import load_model_and_processor
 from dino_vla.adaptation.settings import SegmenterTraining
 from dino_vla.models.segmenter import Segmenter, crop_window
 from dino_vla.types import tight_box
-from dino_vla.training_state import TrainingStateError, load_training_state, save_training_state
+from dino_vla.training_state import (TrainingStateError, load_training_state, save_training_state,
+                                     write_training_record)
 
 TRAINING_FILE = "finetune_segmenter.json"
 MIN_MASK_PX = 50     # smaller instances (mostly hidden behind others) are neither trained on nor scored
@@ -227,11 +228,7 @@ def _save(out: Path, model: SamModel, processor: SamProcessor, optimizer, step: 
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     save_training_state(out, optimizer, step)
-    started_from = model_source
-    if (out / TRAINING_FILE).is_file():
-        started_from = json.loads((out / TRAINING_FILE).read_text()).get("started_from", model_source)
-    (out / TRAINING_FILE).write_text(json.dumps({"settings": asdict(settings), "step": step,
-                                                 "started_from": started_from, "history": history}, indent=2) + "\n")
+    write_training_record(out, TRAINING_FILE, asdict(settings), step, history, model_source)
 
 
 @dataclass(frozen=True)

@@ -337,12 +337,14 @@ def test_train_on_something_that_is_not_a_dataset(env, tmp_path):
 
 
 
-def test_pretrain_backbone_then_resume_probe_and_train_a_policy_on_it(env, tmp_path):
+SMALL_DISTILLATION = ("--batch-size", "2", "--global-size", "56", "--local-size", "28", "--local-crops", "2",
+                      "--prototypes", "16", "--threads", "1")
+
+
+def test_pretrain_backbone_then_resume_and_its_errors(env, tmp_path):
     assert dino_vla("record-sim", "-n", "2", "--out", "demos", env=env, cwd=tmp_path).returncode == 0
-    small = ("--batch-size", "2", "--global-size", "56", "--local-size", "28", "--local-crops", "2", "--prototypes",
-             "16", "--threads", "1")
-    pretrained = dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb", "--steps", "2", *small, env=env,
-                          cwd=tmp_path)
+    pretrained = dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb", "--steps", "2", *SMALL_DISTILLATION,
+                          env=env, cwd=tmp_path)
     assert pretrained.returncode == 0, pretrained.stderr
     assert first_line(pretrained.stderr).startswith("NOTICE: starting from a RANDOM-WEIGHT tiny DINOv2")
     summary = json.loads(pretrained.stdout.splitlines()[-1])
@@ -357,6 +359,20 @@ def test_pretrain_backbone_then_resume_probe_and_train_a_policy_on_it(env, tmp_p
                        "--threads", "1", env=env, cwd=tmp_path)
     assert resumed.returncode == 0 and json.loads(resumed.stdout.splitlines()[-1])["steps"] == 3, resumed.stderr
 
+    other = dino_vla("pretrain-backbone", "--data", "demos", "--out", "x", "--model",
+                     str(Path(env["XDG_CACHE_HOME"]) / "dino_vla" / "random-models" / "tiny-segmenter"), env=env,
+                     cwd=tmp_path)
+    assert other.returncode == 1 and "holds a 'sam' model, not a DINOv2 backbone" in other.stderr.splitlines()[-1]
+    (tmp_path / "empty").mkdir()
+    empty = dino_vla("pretrain-backbone", "--data", "empty", "--out", "x", env=env, cwd=tmp_path)
+    assert empty.returncode == 1 and empty.stderr.strip().splitlines()[-1].startswith(
+        "dino-vla: empty holds no frames")
+
+
+def test_probe_backbone_and_a_policy_trained_on_a_pretrained_backbone(env, tmp_path):
+    assert dino_vla("record-sim", "-n", "2", "--out", "demos", env=env, cwd=tmp_path).returncode == 0
+    assert dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb", "--steps", "1", *SMALL_DISTILLATION,
+                    env=env, cwd=tmp_path).returncode == 0
     probed = dino_vla("probe-backbone", "--backbone", "random-tiny", "--backbone", "bb", "--scenes", "3", "-k", "3",
                       "--json", "probe.json", env=env, cwd=tmp_path)
     assert probed.returncode == 0, probed.stderr
@@ -373,15 +389,6 @@ def test_pretrain_backbone_then_resume_probe_and_train_a_policy_on_it(env, tmp_p
     carried = tmp_path / "ck" / "backbone"
     assert (carried / "model.safetensors").read_bytes() == (tmp_path / "bb" / "model.safetensors").read_bytes()
     assert not (carried / "distillation.safetensors").exists()
-
-    other = dino_vla("pretrain-backbone", "--data", "demos", "--out", "x", "--model",
-                     str(Path(env["XDG_CACHE_HOME"]) / "dino_vla" / "random-models" / "tiny-segmenter"), env=env,
-                     cwd=tmp_path)
-    assert other.returncode == 1 and "holds a 'sam' model, not a DINOv2 backbone" in other.stderr.splitlines()[-1]
-    (tmp_path / "empty").mkdir()
-    empty = dino_vla("pretrain-backbone", "--data", "empty", "--out", "x", env=env, cwd=tmp_path)
-    assert empty.returncode == 1 and empty.stderr.strip().splitlines()[-1].startswith(
-        "dino-vla: empty holds no frames")
 
 # ---- sim-pick and launch: node processes over DDS ----------------------------------------------------------
 
