@@ -1,10 +1,11 @@
 """The colour-blind probe of a features backbone (`dino-vla probe-backbone`): k-NN classification of object
 crops by category where colour says nothing about the category.
 
-On the simulator's objects colour alone separates most categories (a random-weight network reaches 96 % k-NN
-accuracy on crops in their usual colours), so a probe that lets colour through cannot show what training the
-backbone adds. Here every scene paints all its objects one colour, drawn per scene from the palette, so each
-category appears in every colour and only shape tells it. Scenes are fresh simulator renders (seeds of their
+On the simulator's objects colour separates many categories (issue 12 measured 96 % k-NN accuracy for a
+random network on crops in their usual colours; the tiny random DINOv2 here reaches 40 %), so a probe that lets
+colour through cannot show whether training the backbone taught it shape. Here every scene paints all its
+objects one colour, drawn per scene from the palette, so each category appears in every colour and only shape
+tells it. Scenes are fresh simulator renders (seeds of their
 own, random lighting and table); crops of the first `reference_fraction` of the scenes are the k-NN's
 memory, those of the others its queries, so no query object was seen in its own scene."""
 from __future__ import annotations
