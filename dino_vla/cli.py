@@ -6,10 +6,11 @@ import argparse
 import sys
 
 from dino_vla.commands import (bench, bench_pick, detect, eval, eval_perception, finetune_detector,
-                               finetune_segmenter, launch, parse, record_sim, sim_pick, train)
+                               finetune_segmenter, launch, parse, pretrain_backbone, probe_backbone, record_sim,
+                               sim_pick, train)
 
 COMMANDS = (sim_pick, detect, parse, bench, bench_pick, launch, record_sim, train, eval, finetune_segmenter,
-            finetune_detector, eval_perception)
+            finetune_detector, eval_perception, pretrain_backbone, probe_backbone)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -50,3 +50,13 @@ def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer)
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["step"])
+
+
+def write_training_record(directory: Path, name: str, settings: dict, step: int, history: list[dict],
+                          model_source: str) -> None:
+    """`name` (JSON) beside a checkpoint: its settings, step and history, and the weights the run started from
+    (kept from the first write, since a resumed run starts from the checkpoint itself)."""
+    path = Path(directory) / name
+    started_from = json.loads(path.read_text()).get("started_from", model_source) if path.is_file() else model_source
+    path.write_text(json.dumps({"settings": settings, "step": step, "started_from": started_from,
+                                "history": history}, indent=2) + "\n")

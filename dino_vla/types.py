@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")   # image files read from folders
+
 
 @dataclass(frozen=True)
 class Features:

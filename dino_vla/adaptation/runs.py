@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dino_vla.models.loading import resolve_device
-from dino_vla.training_state import TrainingStateError, save_training_state
+from dino_vla.training_state import TrainingStateError, save_training_state, write_training_record
 
 MIN_MASK_PX = 50     # smaller instances (mostly hidden behind others) are neither trained on nor scored
 
@@ -66,11 +66,7 @@ def save_run(out: Path, training_file: str, model, processor, optimizer, step: i
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     save_training_state(out, optimizer, step)
-    started_from = model_source
-    if (out / training_file).is_file():
-        started_from = json.loads((out / training_file).read_text()).get("started_from", model_source)
-    (out / training_file).write_text(json.dumps({"settings": asdict(settings), "step": step,
-                                                 "started_from": started_from, "history": history}, indent=2) + "\n")
+    write_training_record(out, training_file, asdict(settings), step, history, model_source)
 
 
 @dataclass(frozen=True)

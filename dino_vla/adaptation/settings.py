@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the colour-blind probe's paints: one colour per scene for all its objects (colour-blind), or the catalogue's
+PROBE_PAINTS = ("one", "usual")
+
 
 @dataclass(frozen=True)
 class SegmenterTraining:
-    steps: int = 3000
+    steps: int = 1000
     minutes: float = 0.0          # > 0: also stop after this much wall time (a checkpoint is written then)
     batch_size: int = 8
     learning_rate: float = 3e-4
@@ -35,3 +38,52 @@ class DetectorTraining:
     seed: int = 0
     max_frames: int = 0           # 0: every frame of the dataset
     amp: bool = True              # bfloat16 autocast on CUDA (never on CPU)
+
+
+@dataclass(frozen=True)
+class BackboneDistillation:
+    """DINOv2-style self-distillation of the features backbone (defaults sized for the tiny model on a CPU)."""
+
+    steps: int = 1000
+    minutes: float = 0.0             # > 0: also stop after this much wall time (a checkpoint is written then)
+    batch_size: int = 16             # frames per step, each giving 2 global and `local_crops` local crops
+    learning_rate: float = 1e-3      # peak, reached after warmup_steps, then cosine down to min_learning_rate
+    min_learning_rate: float = 1e-6
+    warmup_steps: int = 100
+    weight_decay: float = 0.04       # cosine up to weight_decay_end over the run (DINO's schedule)
+    weight_decay_end: float = 0.2
+    clip_grad: float = 3.0
+    teacher_momentum: float = 0.994  # EMA of the teacher, cosine up to 1 at the last step
+    prototypes: int = 64             # K: the heads' output (small for a tiny model); collapse: teacher entropy -> log K
+    head_hidden: int = 512
+    head_bottleneck: int = 128
+    student_temperature: float = 0.1
+    # DINO warms the teacher up from 0.04 to 0.07; the tiny random model's heads then drifted to uniform targets
+    # (0.99 log K after 300 steps), at 0.02 -> 0.04 they stayed at 0.92 log K
+    teacher_temperature_start: float = 0.02
+    teacher_temperature: float = 0.04
+    teacher_temperature_warmup: int = 200    # steps of the linear teacher-temperature warm-up
+    centering: str = "sinkhorn"      # sinkhorn (DINOv2's Sinkhorn-Knopp) | centre (DINO's EMA centre)
+    centre_momentum: float = 0.9
+    freeze_last_layer_steps: int = 100       # the prototypes stay put while the features settle
+    global_size: int = 224           # what the features node sees
+    local_size: int = 98
+    local_crops: int = 4
+    region_scale: tuple[float, float] = (0.02, 0.2)   # each frame gives a window of this share of its area, as
+                                                      # the image the crops are cut from: objects come out large
+    global_scale: tuple[float, float] = (0.32, 1.0)   # crop area as a fraction of that window (DINO's)
+    local_scale: tuple[float, float] = (0.05, 0.32)
+    # DINO turns hue by up to 0.1 and greys 20 % of views; a simulator's objects come in a few flat paints, and
+    # matching views by colour is then the easy way out: any hue, and half the views grey, leave shape
+    hue_jitter: float = 0.5          # the largest hue turn, as a fraction of the colour circle (0.5: any hue)
+    greyscale_probability: float = 0.5
+    frame_short_side: int = 480      # frames are kept in memory at this size (decoded once): ~1 MB each
+    koleo_weight: float = 0.1
+    ibot_weight: float = 1.0
+    mask_probability: float = 0.5    # share of global crops that get iBOT masks...
+    mask_ratio: tuple[float, float] = (0.1, 0.5)      # ...covering this share of their patches
+    gram_weight: float = 0.0         # > 0: Gram anchoring of the patch features to the starting weights (DINOv3)
+    log_every: int = 25
+    save_every: int = 250
+    seed: int = 0
+    max_frames: int = 0              # 0: every frame

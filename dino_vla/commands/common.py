@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn
 
 from dino_vla.config import MODEL_CHOICES
+from dino_vla.types import IMAGE_SUFFIXES
 
 PERCEPTION_CHOICES = ("auto", "models", "ground-truth")
 GROUND_TRUTH_BANNER = "SIMULATOR GROUND-TRUTH SEGMENTATION (no detector/segmenter weights)"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def fail(message: str) -> NoReturn:

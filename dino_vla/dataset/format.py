@@ -230,6 +230,17 @@ class Dataset:
                              RigidTransform(pose[:3, :3].copy(), pose[:3, 3].copy(), meta["base_frame"],
                                             meta["camera_frame"]), int(meta["stamp_ns"]))
 
+    def rgb(self, index: int) -> np.ndarray:
+        """The (H, W, 3) uint8 colour image of a frame alone (no depth or labels decoded)."""
+        path = _frame_path(self.root, index)
+        if not path.is_file():
+            raise DatasetError(f"{path} is missing")
+        with safe_open(str(path), "numpy") as f:
+            if "rgb" not in f.keys():
+                raise DatasetError(f"{path} holds no rgb image")
+            data = f.get_tensor("rgb")
+        return cv2.cvtColor(_unpng(data), cv2.COLOR_BGR2RGB)
+
     def frames(self) -> Iterator[tuple[int, RecordedFrame]]:
         for index in range(self.num_frames):
             yield index, self.frame(index)

@@ -3,8 +3,9 @@
     policy.safetensors          weights + normalisation statistics; metadata: config (JSON), backbone,
                                 text_encoder, training (JSON: dataset, seed, steps, losses)
     training_state.safetensors  optimiser moments, RNG state and step, to resume training (optional)
-    backbone/                   the DINOv2 weights the policy was trained on, when they are random weights that
-                                no hub id or cache could reproduce (save_pretrained layout, safetensors)
+    backbone/                   the DINOv2 weights the policy was trained on, when they came from a local
+                                directory (random weights, a backbone pretrained here) that no hub id or cache
+                                could reproduce (save_pretrained layout, safetensors)
 
 safetensors only: nothing here unpickles."""
 from __future__ import annotations
@@ -27,6 +28,7 @@ from dino_vla.training_state import save_training_state
 
 WEIGHTS = "policy.safetensors"
 BACKBONE_DIR = "backbone"
+BACKBONE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "dino_vla_random.json")
 # The checkpoint that ships with the package: trained by `dino-vla train` on simulator demonstrations over
 # the tiny random-weight DINOv2 stored inside it (see its README).
 SHIPPED_DIR = Path(__file__).parent / "checkpoints" / "sim-tiny"
@@ -60,10 +62,12 @@ def save_checkpoint(directory: str | Path, net: GraspPolicyNet, backbone: str, t
         tuned_backbone.model.save_pretrained(directory / BACKBONE_DIR, safe_serialization=True)
         tuned_backbone.processor.save_pretrained(directory / BACKBONE_DIR)
         backbone = BACKBONE_DIR
-    elif Path(backbone).is_dir() and is_random_model(backbone) \
-            and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
+    elif Path(backbone).is_dir() and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
+        # a local directory (random weights, or a backbone pretrained here) cannot be fetched by name: the
+        # checkpoint carries the model's own files, not what its training left beside them
         shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)
-        shutil.copytree(backbone, directory / BACKBONE_DIR)
+        shutil.copytree(backbone, directory / BACKBONE_DIR, ignore=lambda folder, names: [
+            n for n in names if n not in BACKBONE_FILES])
         backbone = BACKBONE_DIR
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     tmp = directory / (WEIGHTS + ".tmp")

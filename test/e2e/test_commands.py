@@ -20,7 +20,7 @@ from dino_vla.sim.tasks import SPLITS, draw_task
 
 DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
 COMMANDS = ("sim-pick", "detect", "parse", "bench", "bench-pick", "launch", "record-sim", "train", "eval",
-            "finetune-segmenter", "finetune-detector", "eval-perception")
+            "finetune-segmenter", "finetune-detector", "eval-perception", "pretrain-backbone", "probe-backbone")
 TEST_SET = Path(__file__).resolve().parents[1] / "data" / "instructions.jsonl"
 UNCLAIMED_DOMAIN = 232
 
@@ -428,6 +428,60 @@ def test_train_on_something_that_is_not_a_dataset(env, tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "dino-vla: nothing is not a dataset (no meta/info.json)"
 
+
+
+SMALL_DISTILLATION = ("--batch-size", "2", "--global-size", "56", "--local-size", "28", "--local-crops", "2",
+                      "--prototypes", "16", "--threads", "1")
+
+
+def test_pretrain_backbone_then_resume_and_its_errors(env, tmp_path):
+    assert dino_vla("record-sim", "-n", "2", "--out", "demos", env=env, cwd=tmp_path).returncode == 0
+    pretrained = dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb", "--steps", "2", *SMALL_DISTILLATION,
+                          env=env, cwd=tmp_path)
+    assert pretrained.returncode == 0, pretrained.stderr
+    assert first_line(pretrained.stderr).startswith("NOTICE: starting from a RANDOM-WEIGHT tiny DINOv2")
+    summary = json.loads(pretrained.stdout.splitlines()[-1])
+    assert summary["steps"] == 2 and summary["frames"] == 2 and 0 < summary["teacher_entropy"] <= summary["log_k"]
+    assert "H=" in pretrained.stderr and "nn=" in pretrained.stderr       # collapse watched in the progress bar
+    for name in ("model.safetensors", "config.json", "preprocessor_config.json", "pretrain_backbone.json",
+                 "distillation.safetensors", "training_state.safetensors"):
+        assert (tmp_path / "bb" / name).is_file(), name
+    again = dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb", env=env, cwd=tmp_path)
+    assert again.returncode == 1 and "already holds a pretrained backbone" in again.stderr.splitlines()[-1]
+    resumed = dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb", "--steps", "3", "--resume",
+                       "--threads", "1", env=env, cwd=tmp_path)
+    assert resumed.returncode == 0 and json.loads(resumed.stdout.splitlines()[-1])["steps"] == 3, resumed.stderr
+
+    other = dino_vla("pretrain-backbone", "--data", "demos", "--out", "x", "--model",
+                     str(Path(env["XDG_CACHE_HOME"]) / "dino_vla" / "random-models" / "tiny-segmenter"), env=env,
+                     cwd=tmp_path)
+    assert other.returncode == 1 and "holds a 'sam' model, not a DINOv2 backbone" in other.stderr.splitlines()[-1]
+    (tmp_path / "empty").mkdir()
+    empty = dino_vla("pretrain-backbone", "--data", "empty", "--out", "x", env=env, cwd=tmp_path)
+    assert empty.returncode == 1 and empty.stderr.strip().splitlines()[-1].startswith(
+        "dino-vla: empty holds no frames")
+
+
+def test_probe_backbone_and_a_policy_trained_on_a_pretrained_backbone(env, tmp_path):
+    assert dino_vla("record-sim", "-n", "2", "--out", "demos", env=env, cwd=tmp_path).returncode == 0
+    assert dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb", "--steps", "1", *SMALL_DISTILLATION,
+                    env=env, cwd=tmp_path).returncode == 0
+    probed = dino_vla("probe-backbone", "--backbone", "random-tiny", "--backbone", "bb", "--scenes", "3", "-k", "3",
+                      "--json", "probe.json", env=env, cwd=tmp_path)
+    assert probed.returncode == 0, probed.stderr
+    assert probed.stdout.splitlines()[0].split() == ["backbone", "refs", "queries", "k-NN", "CLS", "k-NN", "patches",
+                                                     "chance"]
+    report = json.loads((tmp_path / "probe.json").read_text())
+    assert report["paint"] == "one" and set(report["backbones"]) == {"random-tiny", "bb"}
+    assert all(r["queries"] > 0 and 0 <= r["cls_accuracy"] <= 1 for r in report["backbones"].values())
+
+    # the policy trains on it, and its checkpoint carries the backbone's weights (not its training state)
+    trained = dino_vla("train", "demos", "--out", "ck", "--epochs", "1", "--backbone", "bb", "--threads", "1",
+                       env=env, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    carried = tmp_path / "ck" / "backbone"
+    assert (carried / "model.safetensors").read_bytes() == (tmp_path / "bb" / "model.safetensors").read_bytes()
+    assert not (carried / "distillation.safetensors").exists()
 
 # ---- sim-pick and launch: node processes over DDS ----------------------------------------------------------
 
