@@ -26,7 +26,7 @@ from dino_vla.training_state import load_training_state
 from dino_vla.colour import colour_names
 from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
 from dino_vla.dataset.references import reference_objects
-from dino_vla.language import InstructionError, parse
+from dino_vla.language import Instruction, InstructionError, parse
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.tokens import (REFERENCE_SLOTS, TARGET_DIM, TOKENS_VERSION, ViewSettings, grasp_target,
                                    language_text, object_tokens, reference_vectors, request_vector, vision_tokens)
@@ -106,6 +106,18 @@ class TokenTable:
         return vision, pooled
 
 
+def parsed_tasks(dataset: Dataset) -> dict[int, Instruction]:
+    """Every task (instruction) of the dataset the parser understands, by task index; the others' episodes
+    are dropped by the token builders (and counted)."""
+    understood = {}
+    for task, instruction in sorted({e.task_index: e.instruction for e in dataset.episodes}.items()):
+        try:
+            understood[task] = parse(instruction)
+        except InstructionError:
+            pass
+    return understood
+
+
 def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, view: ViewSettings,
                  progress: bool = True, for_finetuning: bool = False) -> tuple[TokenTable, dict]:
     """Tokens of every frame and episode; episodes whose target has no object token are dropped (counted).
@@ -132,14 +144,8 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         rows_of[index] = {k: row for row, k in enumerate(objects.kept)}
         anchors[index] = objects.anchors
         names[index] = frame.objects
-    tasks = sorted({e.task_index: e.instruction for e in dataset.episodes}.items())
-    understood = {}
-    for task, instruction in tasks:
-        try:
-            understood[task] = parse(instruction)
-        except InstructionError:
-            pass     # its episodes are dropped, counted below
-    tasks = [(task, text_) for task, text_ in tasks if task in understood]
+    understood = parsed_tasks(dataset)
+    tasks = sorted(understood.items())
     language = [text.encode(language_text(understood[task])).tokens for task, _ in tasks]
     task_row = {task: i for i, (task, _) in enumerate(tasks)}
     phrase_tokens: dict[str, np.ndarray] = {}

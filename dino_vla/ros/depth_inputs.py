@@ -1,4 +1,5 @@
-"""What the localiser, pick, policy and recorder nodes share: aligned depth, CameraInfo and masks matched
+"""What the localiser, pick, policy and recorder nodes share: aligned depth, CameraInfo and masks (or, for the
+mask-free policy, the colour image) matched
 by stamp (the package's ApproximateTimeSync; message_filters is not installable everywhere) and the
 camera's pose in the target frame (static extrinsic parameter, or tf2 where it is importable and asked for)."""
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -14,7 +16,7 @@ from dino_vla.config import ConfigError
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.msg import Detection, SegmentationMasks
-from dino_vla.ros.conversions import depth_image
+from dino_vla.ros.conversions import depth_image, image_to_rgb
 from dino_vla.ros.messages import intrinsics_from_msg, masks_from_msg, stamp_ns
 from dino_vla.ros.node_base import camera_qos
 from dino_vla.sync import ApproximateTimeSync
@@ -32,6 +34,52 @@ class MaskedDepth:
     detections: Detections
     masks: Masks
     detection_msgs: list[Detection]   # as received, to be republished with 3D poses
+
+
+@dataclass(frozen=True)
+class CameraView:
+    """One matched colour image + aligned depth, converted: what the mask-free policy takes."""
+
+    header: Header             # the image's header (stamp + camera frame)
+    rgb: np.ndarray            # (H, W, 3) uint8
+    frame: DepthFrame
+
+
+class DepthImageInputs:
+    """Subscribes `depth`, `camera_info` and `image`; calls on_match(CameraView) for every set whose stamps
+    agree within sync_slop_s (as DepthMaskInputs, with the colour image in place of masks)."""
+
+    def __init__(self, node: Node, params: dict[str, Any], on_match: Callable[[CameraView], None],
+                 subscribe: Callable | None = None):
+        self.node, self.on_match = node, on_match
+        self.sync = ApproximateTimeSync(("depth", "camera_info", "image"),
+                                        slop_ns=int(round(params["sync_slop_s"] * 1e9)),
+                                        queue_size=params["sync_queue_size"], on_notice=node.report_sync)
+        camera = camera_qos(params["reliability"], depth=5)
+        subscribe = subscribe or node.create_subscription
+        for stream, kind in (("depth", Image), ("camera_info", CameraInfo), ("image", Image)):
+            subscribe(kind, stream, lambda m, stream=stream: self._add(stream, m), camera)
+
+    def _add(self, stream: str, msg) -> None:
+        for stamp, items in self.sync.add(stream, stamp_ns(msg.header), msg):
+            try:
+                view = self._convert(items["depth"], items["camera_info"], items["image"])
+            except ValueError as err:
+                self.node.report(str(err), f"skipping image/depth stamped {stamp * 1e-9:.3f}")
+                continue
+            self.on_match(view)
+
+    @staticmethod
+    def _convert(depth: Image, info: CameraInfo, image: Image) -> CameraView:
+        if image.header.frame_id != depth.header.frame_id:
+            raise ValueError(f"the image is in {image.header.frame_id!r}, depth in {depth.header.frame_id!r}: depth "
+                             "must be aligned to the colour image")
+        frame = DepthFrame(depth_image(depth), intrinsics_from_msg(info), depth.header.frame_id)
+        rgb = image_to_rgb(image)
+        if rgb.shape[:2] != frame.metres.shape:
+            raise ValueError(f"the image is {rgb.shape[1]}x{rgb.shape[0]}, depth is "
+                             f"{frame.metres.shape[1]}x{frame.metres.shape[0]}")
+        return CameraView(image.header, rgb, frame)
 
 
 class DepthMaskInputs:
