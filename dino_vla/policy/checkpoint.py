@@ -33,6 +33,9 @@ BACKBONE_DIR = "backbone"
 # The checkpoint that ships with the package: trained by `dino-vla train` on simulator demonstrations over
 # the tiny random-weight DINOv2 stored inside it (see its README).
 SHIPPED_DIR = Path(__file__).parent / "checkpoints" / "sim-tiny"
+# the mask-free policy that ships beside it (`dino-vla train --policy mask-free`, same demonstrations)
+SHIPPED_MASK_FREE = "shipped-mask-free"
+SHIPPED_MASK_FREE_DIR = Path(__file__).parent / "checkpoints" / "mask-free-tiny"
 
 
 OBJECT_TOKENS = "object-tokens"   # the kind of GraspPolicyNet: object tokens from masks + depth
@@ -44,8 +47,10 @@ class CheckpointError(ValueError):
 
 
 def resolve_checkpoint(value: str | Path) -> str:
-    """A checkpoint as given (policy node parameter, --checkpoint) as a directory: `shipped` is the package's."""
-    return str(SHIPPED_DIR) if str(value) == SHIPPED_CHECKPOINT else str(value)
+    """A checkpoint as given (policy node parameter, --checkpoint) as a directory: `shipped` is the package's,
+    `shipped-mask-free` its mask-free one."""
+    return {SHIPPED_CHECKPOINT: str(SHIPPED_DIR), SHIPPED_MASK_FREE: str(SHIPPED_MASK_FREE_DIR)}.get(str(value),
+                                                                                                   str(value))
 
 
 @dataclass(frozen=True)

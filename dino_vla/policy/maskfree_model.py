@@ -105,7 +105,7 @@ class MaskFreePolicyNet(nn.Module):
         # per full-resolution patch: (its embedding, its cell's fused token, the fused none token) -> heat, offsets
         self.patch_head = nn.Sequential(nn.LayerNorm(3 * d), nn.Linear(3 * d, config.feedforward), nn.GELU(),
                                         nn.Linear(config.feedforward, config.feedforward), nn.GELU(),
-                                        nn.Linear(config.feedforward, 1 + OFFSET_DIM))
+                                        nn.Linear(config.feedforward, 2 + OFFSET_DIM))
         for name, dim in (("camera", CAMERA_DIM), ("offset", OFFSET_DIM)):
             self.register_buffer(f"{name}_mean", torch.zeros(dim))
             self.register_buffer(f"{name}_std", torch.ones(dim))
@@ -123,8 +123,10 @@ class MaskFreePolicyNet(nn.Module):
     def denormalise_offsets(self, normalised: torch.Tensor) -> torch.Tensor:
         return normalised * self.offset_std + self.offset_mean
 
-    def forward(self, batch: MaskFreeBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logits (B, 1 + P): column 0 "none", then the patches row-major; normalised offsets (B, P, OFFSET_DIM))."""
+    def forward(self, batch: MaskFreeBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits (B, 1 + P): column 0 "none", then the patches row-major; normalised offsets (B, P, OFFSET_DIM);
+        per patch, the logit that it shows the named object (B, P): a training aid, dense where the heatmap
+        has one right patch)."""
         camera = (batch.camera - self.camera_mean) / self.camera_std
         fine = self.vision_in(batch.patches) + self.camera_in(camera) + self.position
         rows, cols, pool = self.config.rows, self.config.cols, self.config.pool
@@ -146,4 +148,4 @@ class MaskFreePolicyNet(nn.Module):
         patches = fine[batch.frame]
         out = self.patch_head(torch.cat([patches, up, summary.unsqueeze(1).expand_as(patches)], -1))
         logits = torch.cat([self.none_heat(summary) + self.none_bias, out[..., 0]], 1)
-        return logits, out[..., 1:]
+        return logits, out[..., 2:], out[..., 1]

@@ -1,10 +1,11 @@
 """`dino-vla train --policy mask-free`: fit the mask-free policy to a demonstration dataset.
 
-Only what a camera gives is used: each frame's RGB (its DINOv2 patch grid and each patch's mean colour) and
-depth (each patch's 3D point) and the camera pose; the recorded instance masks are never read. The target of
-an episode is the patch its reference grasp projects into (or "none" when the named object is absent) and the
-grasp relative to that patch (patches.grasp_offsets). The backbone is frozen: every frame's patch tokens and
-camera channels are computed once and cached next to the dataset, so an epoch costs only the policy network.
+The policy's inputs are what a camera gives: each frame's RGB (its DINOv2 patch grid and each patch's mean
+colour) and depth (each patch's 3D point) and the camera pose. The target of an episode is the patch its
+reference grasp projects into (or "none" when the named object is absent) and the grasp relative to that
+patch (patches.grasp_offsets). The recorded instance masks serve only as a training aid: which patches show
+the named object (a dense per-patch loss beside the heatmap's one right patch); they are never an input. The backbone is frozen: every frame's patch tokens and camera channels are computed
+once and cached next to the dataset, so an epoch costs only the policy network.
 Batches are whole frames with all their instructions, so the words-free vision layers run once per frame.
 Seeded and resumable like the object-token policy's training (training_state)."""
 from __future__ import annotations
@@ -53,12 +54,15 @@ class PatchTable:
     episode_target: torch.Tensor    # (E,) NONE, or 1 + the patch the grasp projects into
     episode_offsets: torch.Tensor   # (E, OFFSET_DIM) zeros where NONE
     episode_symmetry: torch.Tensor  # (E,) the target's turn symmetry (2, 4; 0 = round)
+    episode_object: torch.Tensor    # (E, P) float16 fraction of each patch the target's mask covers (0: absent)
 
     def __len__(self) -> int:
         return len(self.episode_frame)
 
-    def batch(self, episodes: torch.Tensor) -> tuple[MaskFreeBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(inputs, heatmap targets, offsets, symmetries) of the given episodes; each frame passes once."""
+    def batch(self, episodes: torch.Tensor
+              ) -> tuple[MaskFreeBatch, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(inputs, heatmap targets, offsets, symmetries, object coverage) of the given episodes; each frame
+        passes once."""
         frames, index = torch.unique(self.episode_frame[episodes], return_inverse=True)
         tasks = self.episode_task[episodes]
         spans = [(int(self.language_offsets[t]), int(self.language_offsets[t + 1])) for t in tasks]
@@ -69,14 +73,15 @@ class PatchTable:
             language[i, :b - a], pad[i, :b - a] = self.language[a:b], False
         batch = MaskFreeBatch(self.patches[frames].float(), self.camera[frames], index, language, pad,
                               self.request[tasks])
-        return batch, self.episode_target[episodes], self.episode_offsets[episodes], self.episode_symmetry[episodes]
+        return (batch, self.episode_target[episodes], self.episode_offsets[episodes],
+                self.episode_symmetry[episodes], self.episode_object[episodes].float())
 
 
 def build_patch_table(dataset: Dataset, features: DinoFeatures, text: TextEncoder, crop: float,
                       table_height_m: float, progress: bool = True) -> tuple[PatchTable, dict]:
     """Patch tokens of every frame, targets of every episode; episodes whose grasp point is outside the view
     or without depth under it are dropped (counted)."""
-    patches, camera, grids, depths = [], [], {}, {}
+    patches, camera, grids, depths, covers = [], [], {}, {}, {}
     for index, frame in tqdm(dataset.frames(), total=dataset.num_frames, desc="patch tokens", unit="frame",
                              file=sys.stderr, disable=not progress):
         feats = features.extract(frame.rgb)
@@ -85,6 +90,8 @@ def build_patch_table(dataset: Dataset, features: DinoFeatures, text: TextEncode
         patches.append(feats.patch_tokens.reshape(grid.size, -1).astype(np.float16))
         camera.append(camera_channels(frame.rgb, depth, frame.camera_to_base, grid, table_height_m))
         grids[index], depths[index] = grid, (depth, frame.camera_to_base)
+        covers[index] = [grid.window(frame.mask(k).astype(np.float32)).reshape(-1).astype(np.float16)
+                         for k in range(len(frame.objects))]
     understood = parsed_tasks(dataset)
     task_row = {task: i for i, task in enumerate(sorted(understood))}
     language = [text.encode(language_text(understood[task])).tokens for task in sorted(understood)]
@@ -95,7 +102,8 @@ def build_patch_table(dataset: Dataset, features: DinoFeatures, text: TextEncode
             continue
         symmetry = int(e.extra.get("symmetry", 2))
         if e.target_object == ABSENT:
-            kept.append((e.frame_index, task_row[e.task_index], NONE, np.zeros(OFFSET_DIM, np.float32), symmetry))
+            kept.append((e.frame_index, task_row[e.task_index], NONE, np.zeros(OFFSET_DIM, np.float32), symmetry,
+                         np.zeros(grids[e.frame_index].size, np.float16)))
             continue
         depth, pose = depths[e.frame_index]
         target = grasp_offsets(grids[e.frame_index], np.asarray(e.grasp_position), e.grasp_yaw, e.grasp_width,
@@ -103,7 +111,9 @@ def build_patch_table(dataset: Dataset, features: DinoFeatures, text: TextEncode
         if target is None:
             dropped += 1
             continue
-        kept.append((e.frame_index, task_row[e.task_index], target[0] + 1, target[1], symmetry))
+        cover = covers[e.frame_index][e.target_object] if e.target_object is not None else \
+            np.zeros(grids[e.frame_index].size, np.float16)
+        kept.append((e.frame_index, task_row[e.task_index], target[0] + 1, target[1], symmetry, cover))
     if not kept:
         raise DatasetError(f"{dataset.root}: no episode has a grasp point in view")
     first = next(iter(grids.values()))
@@ -112,7 +122,8 @@ def build_patch_table(dataset: Dataset, features: DinoFeatures, text: TextEncode
         torch.as_tensor(np.concatenate(language)), torch.as_tensor(np.cumsum([0] + [len(t) for t in language])),
         torch.as_tensor(np.stack([request_vector(understood[t]) for t in sorted(understood)])),
         *(torch.as_tensor(np.asarray([k[i] for k in kept])) for i in range(3)),
-        torch.as_tensor(np.stack([k[3] for k in kept])), torch.as_tensor(np.asarray([k[4] for k in kept])))
+        torch.as_tensor(np.stack([k[3] for k in kept])), torch.as_tensor(np.asarray([k[4] for k in kept])),
+        torch.as_tensor(np.stack([k[5] for k in kept])))
     return table, {"episodes": len(dataset), "used": len(kept), "dropped_grasp_out_of_view": dropped,
                    "dropped_refused_instruction": refused, "absent": sum(1 for k in kept if k[2] == NONE),
                    "grid": [first.rows, first.cols], "patch_camera_px": round(first.patch_camera_px, 2)}
@@ -120,9 +131,10 @@ def build_patch_table(dataset: Dataset, features: DinoFeatures, text: TextEncode
 
 def cached_patch_table(dataset: Dataset, backbone: str, text: TextEncoder, features: DinoFeatures, crop: float,
                        table_height_m: float) -> tuple[PatchTable, dict]:
-    key = hashlib.sha256(json.dumps(["mask-free", str(Path(backbone).resolve()) if Path(backbone).exists()
-                                     else backbone, text.name, crop, table_height_m, len(dataset),
-                                     dataset.num_frames, MASK_FREE_TOKENS_VERSION]).encode()).hexdigest()[:16]
+    source = str(Path(backbone).resolve()) if Path(backbone).exists() else backbone
+    key = hashlib.sha256(json.dumps(["mask-free", "object-coverage", source, text.name, crop, table_height_m,
+                                     len(dataset), dataset.num_frames, MASK_FREE_TOKENS_VERSION]).encode()
+                         ).hexdigest()[:16]
     path = dataset.root / "cache" / f"patches-{key}.safetensors"
     if path.is_file():
         with safe_open(str(path), "pt") as f:
@@ -144,9 +156,11 @@ def offset_loss(predicted: torch.Tensor, target: torch.Tensor, symmetry: torch.T
 
 
 def losses(net: MaskFreePolicyNet, table: PatchTable, episodes: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    batch, targets, offsets, symmetry = table.batch(episodes)
-    logits, predicted = net(batch)
+    batch, targets, offsets, symmetry, cover = table.batch(episodes)
+    logits, predicted, named = net(batch)
     heatmap = torch.nn.functional.cross_entropy(logits, targets)
+    # the patches at least half covered by the named object's mask (none where it is absent)
+    shown = torch.nn.functional.binary_cross_entropy_with_logits(named, (cover >= 0.5).float())
     present = targets != NONE
     chosen = predicted[torch.arange(len(targets)), (targets - 1).clamp_min(0)][present]
     wanted = net.normalise_offsets(offsets[present])
@@ -178,7 +192,8 @@ def losses(net: MaskFreePolicyNet, table: PatchTable, episodes: torch.Tensor) ->
                    if len(truth) else None,
                    "width_error_cm": float((grasp[:, 7] - truth[:, 7]).abs().mean() * 100) if len(truth) else None}
         del rows
-    return heatmap + regression, {"heatmap_loss": heatmap.item(), "regression_loss": regression.item(), **metrics}
+    return heatmap + regression + shown, {"heatmap_loss": heatmap.item(), "regression_loss": regression.item(),
+                                          "object_loss": shown.item(), **metrics}
 
 
 def frame_batches(table: PatchTable, episodes: torch.Tensor, frames_per_batch: int, generator=None
@@ -206,7 +221,7 @@ def evaluate_patch_table(net: MaskFreePolicyNet, table: PatchTable, episodes: to
         weights = {"none_accuracy": len(chunk) - present}
         for k, v in metrics.items():
             if v is not None:
-                n = weights.get(k, present if k not in ("heatmap_loss", "regression_loss") else len(chunk))
+                n = weights.get(k, len(chunk) if k.endswith("_loss") else present)
                 totals[k] = totals.get(k, 0.0) + v * n
                 counts[k] = counts.get(k, 0) + n
     net.train()

@@ -222,7 +222,7 @@ class MaskFreePolicy(PolicyRuntime):
         batch = MaskFreeBatch(patches, torch.as_tensor(camera)[None], torch.zeros(1, dtype=torch.long),
                               language[None], torch.zeros(1, len(language), dtype=torch.bool),
                               torch.as_tensor(request_vector(instruction))[None]).to(self.device)
-        logits, normalised = self.net(batch)
+        logits, normalised, _ = self.net(batch)
         return logits[0].cpu(), self.net.denormalise_offsets(normalised[0]).cpu()
 
 

@@ -102,8 +102,8 @@ def test_network_shapes_and_per_frame_vision_pass():
     batch = MaskFreeBatch(torch.randn(2, 256, 32), torch.randn(2, 256, CAMERA_DIM), torch.tensor([0, 0, 1]),
                           torch.randn(3, 5, 384), torch.tensor([[False] * 5, [False] * 3 + [True] * 2, [False] * 5]),
                           torch.zeros(3, REQUEST_DIM))
-    logits, offsets = net(batch)
-    assert logits.shape == (3, 257) and offsets.shape == (3, 256, OFFSET_DIM)
+    logits, offsets, named = net(batch)
+    assert logits.shape == (3, 257) and offsets.shape == (3, 256, OFFSET_DIM) and named.shape == (3, 256)
     # a padded language token changes nothing; the same frame and words give the same answer
     longer = MaskFreeBatch(batch.patches, batch.camera, batch.frame, torch.cat([batch.language, torch.randn(3, 2, 384)],
                                                                                 1),
