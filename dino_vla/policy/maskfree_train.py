@@ -4,8 +4,9 @@ The policy's inputs are what a camera gives: each frame's RGB (its DINOv2 patch 
 colour) and depth (each patch's 3D point) and the camera pose. The target of an episode is the patch its
 reference grasp projects into (or "none" when the named object is absent) and the grasp relative to that
 patch (patches.grasp_offsets). The recorded instance masks serve only as a training aid: which patches show
-the named object (a dense per-patch loss beside the heatmap's one right patch); they are never an input. The backbone is frozen: every frame's patch tokens and camera channels are computed
-once and cached next to the dataset, so an epoch costs only the policy network.
+the named object (a dense per-patch loss beside the heatmap's one right patch); they are never an input. The
+backbone is frozen: every frame's patch tokens and camera channels are computed once and cached next to the
+dataset, so an epoch costs only the policy network.
 Batches are whole frames with all their instructions, so the words-free vision layers run once per frame.
 Seeded and resumable like the object-token policy's training (training_state)."""
 from __future__ import annotations
