@@ -116,6 +116,16 @@ def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str
     return out
 
 
+def pick_graph_and_params(simulated: bool, model_perception: bool, grasp_source: str = "planner",
+                          params_files: Sequence[str] = (), checkpoint: str | None = None
+                          ) -> tuple[tuple[NodeSpec, ...], dict[str, dict[str, Any]]]:
+    """pick_graph and pick_graph_params together, the graph chosen by the policy checkpoint's kind (a mask-free
+    one runs without masks): what every starter (sim-pick, the launch files) runs."""
+    mask_free = grasp_source == "policy" and is_mask_free(policy_checkpoint(params_files, checkpoint))
+    return (pick_graph(simulated, model_perception, grasp_source, mask_free),
+            pick_graph_params(simulated, model_perception, grasp_source, params_files, checkpoint))
+
+
 def parameter_overrides(spec: NodeSpec, instruction: str | None = None, device: str | None = None,
                         models: dict[str, str] | None = None,
                         node_params: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:

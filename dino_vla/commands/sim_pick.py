@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from dino_vla.graph import is_mask_free, pick_graph, pick_graph_params, policy_checkpoint
+    from dino_vla.graph import is_mask_free, pick_graph_and_params, policy_checkpoint
     from dino_vla.policy.checkpoint import CheckpointError
     from dino_vla.ros.pick_client import pick_in_graph, write_record
 
@@ -45,7 +45,8 @@ def main(args: argparse.Namespace) -> int:
         mask_free = args.grasp_source == "policy" and is_mask_free(policy_checkpoint(files, args.policy_checkpoint))
         # a mask-free policy takes no masks: neither the models nor the simulator's stand-in for them run
         model_perception, banner = (False, None) if mask_free else choose_perception(args, load_params(args))
-        node_params = pick_graph_params(True, model_perception, args.grasp_source, files, args.policy_checkpoint)
+        specs, node_params = pick_graph_and_params(True, model_perception, args.grasp_source, files,
+                                                   args.policy_checkpoint)
     except CheckpointError as err:
         print(f"dino-vla sim-pick: policy checkpoint: {err}", file=sys.stderr)
         return 1
@@ -54,7 +55,6 @@ def main(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "nodes.log", "w") as log, on_ros_domain(args, env) as env:
         try:
-            specs = pick_graph(True, model_perception, args.grasp_source, mask_free)
             record = pick_in_graph(args.instruction, files, env, specs, node_params, log, args.timeout, args.device)
         except RuntimeError as err:
             print(f"dino-vla sim-pick: {err}; node logs in {out_dir / 'nodes.log'}", file=sys.stderr)
