@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +33,7 @@ from dino_vla.policy.maskfree_model import (MASK_FREE_TOKENS_VERSION, MaskFreeBa
                                             MaskFreePolicyNet)
 from dino_vla.policy.patches import OFFSET_DIM, PatchGrid, camera_channels, grasp_offsets
 from dino_vla.policy.tokens import language_text, request_vector
-from dino_vla.policy.train import TrainSettings, crop_fraction, parsed_tasks, split_by_frame
+from dino_vla.policy.train import TrainSettings, crop_fraction, optimise, parsed_tasks, split_by_frame
 from dino_vla.training_state import load_training_state
 
 NONE = 0     # PatchTable.episode_target of "none of these": patch k is target k + 1
@@ -296,13 +295,7 @@ def train_mask_free(dataset_dir: str, out: str, backbone: str, settings: TrainSe
         batches = frame_batches(table, train_eps, network.frames_per_batch, shuffle)
         for episodes in batches[offset:]:
             loss, metrics = losses(net, table, episodes)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            decay = 0.5 * (1 + math.cos(math.pi * step / total_steps))   # a function of the step alone: resumable
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * decay
-            optimizer.step()
+            optimise(net, optimizer, loss, step, total_steps)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['patch_accuracy'] or 0:.2f}")

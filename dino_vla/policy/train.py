@@ -306,6 +306,19 @@ def _optimizer(net: GraspPolicyNet, backbone: DinoFeatures | None, settings: Tra
     return torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
 
 
+def optimise(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int,
+             total_steps: int) -> None:
+    """One step on `loss`: gradients clipped to norm 1 (the network's), every group's learning rate on a
+    cosine from its initial_lr, a function of the step alone so that a resumed run continues step for step."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    decay = 0.5 * (1 + np.cos(np.pi * step / total_steps))
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * decay
+    optimizer.step()
+
+
 def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | None = None,
           settings: TrainSettings = TrainSettings(), resume: bool = False, text_model: str = TEXT_ENCODER,
           threads: int = 0, stop_after_epoch: int | None = None) -> dict:
@@ -355,13 +368,7 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
         order = train_eps[torch.randperm(len(train_eps), generator=shuffle)]
         for b in range(offset, steps_per_epoch):
             loss, metrics = losses(net, table, order[b * settings.batch_size:(b + 1) * settings.batch_size], tuned)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            decay = 0.5 * (1 + np.cos(np.pi * step / total_steps))  # a function of the step alone: resumable
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * decay
-            optimizer.step()
+            optimise(net, optimizer, loss, step, total_steps)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['pointer_accuracy']:.2f}")
