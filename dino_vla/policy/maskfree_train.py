@@ -4,7 +4,7 @@ The policy's inputs are what a camera gives: each frame's RGB (its DINOv2 patch 
 colour) and depth (each patch's 3D point) and the camera pose. The target of an episode is the patch its
 reference grasp projects into (or "none" when the named object is absent) and the grasp relative to that
 patch (patches.grasp_offsets). The recorded instance masks serve only as a training aid: which patches show
-the named object (a dense per-patch loss beside the heatmap's one right patch); they are never an input. The
+the named object (half the heatmap target is spread over them, and a dense per-patch loss); never an input. The
 backbone is frozen: every frame's patch tokens and camera channels are computed once and cached next to the
 dataset, so an epoch costs only the policy network.
 Batches are whole frames with all their instructions, so the words-free vision layers run once per frame.
@@ -155,12 +155,31 @@ def offset_loss(predicted: torch.Tensor, target: torch.Tensor, symmetry: torch.T
     return position, yaw, (symmetry != 0).float()
 
 
+GRASP_SHARE = 0.5          # of the heatmap target on the grasp's patch; the rest spread over the named object
+OBJECT_POS_WEIGHT = 10.0   # an object covers a few of the 256 patches: its patches weigh this much more
+
+
+def heatmap_target(targets: torch.Tensor, on_object: torch.Tensor) -> torch.Tensor:
+    """(B, 1 + P) target distribution: GRASP_SHARE on the grasp's patch and the rest spread evenly over the
+    patches that show the named object, so every patch of it says "this one" while the grasp's stays the
+    most likely (all on the grasp's patch where no patch is half covered; all on "none" where it is absent)."""
+    out = torch.zeros(len(targets), 1 + on_object.shape[1])
+    out[torch.arange(len(targets)), targets] = 1.0
+    counts = on_object.sum(1, keepdim=True)
+    spread = (targets != NONE).unsqueeze(1) & (counts > 0)
+    out[:, 1:] += torch.where(spread, (1 - GRASP_SHARE) * on_object / counts.clamp_min(1), 0.0)
+    out[torch.arange(len(targets)), targets] -= torch.where(spread[:, 0], 1 - GRASP_SHARE, 0.0)
+    return out
+
+
 def losses(net: MaskFreePolicyNet, table: PatchTable, episodes: torch.Tensor) -> tuple[torch.Tensor, dict]:
     batch, targets, offsets, symmetry, cover = table.batch(episodes)
     logits, predicted, named = net(batch)
-    heatmap = torch.nn.functional.cross_entropy(logits, targets)
     # the patches at least half covered by the named object's mask (none where it is absent)
-    shown = torch.nn.functional.binary_cross_entropy_with_logits(named, (cover >= 0.5).float())
+    on_object = (cover >= 0.5).float()
+    heatmap = -(heatmap_target(targets, on_object) * torch.log_softmax(logits, 1)).sum(1).mean()
+    shown = torch.nn.functional.binary_cross_entropy_with_logits(named, on_object,
+                                                                 pos_weight=logits.new_tensor(OBJECT_POS_WEIGHT))
     present = targets != NONE
     chosen = predicted[torch.arange(len(targets)), (targets - 1).clamp_min(0)][present]
     wanted = net.normalise_offsets(offsets[present])

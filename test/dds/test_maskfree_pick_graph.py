@@ -45,15 +45,19 @@ def test_the_mask_free_policy_picks_with_no_masks_over_dds(dds_env, tmp_path):
         client.node.create_subscription(SegmentationMasks, "masks", masks.append, 10)
         client.node.create_subscription(SegmentationMasks, "sim/segmentation", segmentation.append, 10)
         record = client.pick("grab the mug", 120)
-        # the simulator's segmentation (evaluation only) went out all along, and no node took masks
+        # the simulator's segmentation (evaluation only) went out all along, nothing published masks, and no
+        # node of the graph takes either (only this test's client, which records what it sees)
         assert segmentation and not masks
-        assert client.node.count_subscribers("masks") == 1 and client.node.count_subscribers("sim/segmentation") == 1
+        for topic in ("/masks", "/sim/segmentation"):
+            readers = {i.node_name for i in client.node.get_subscriptions_info_by_topic(topic)}
+            assert readers == {client.node.get_name()}, (topic, readers)
     finally:
         client.close()
         running.stop()
     log.seek(0)
     text = log.read()
     r = record.result
-    assert r.perception_source == f"policy {CHECKPOINT}" and "mask-free policy loaded" in text
+    assert r.perception_source.startswith("policy ") and r.perception_source.endswith("mask-free-tiny")
+    assert "mask-free policy loaded" in text
     assert r.success and r.lifted_object == "cup", f"{r.failure_reason}: {r.message}\n{text[-2000:]}"
     assert not r.grasp.dry_run and r.lifted_m > 0.1

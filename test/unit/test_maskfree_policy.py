@@ -13,7 +13,7 @@ from dino_vla.geometry.depth import DepthFrame
 from dino_vla.policy.checkpoint import CheckpointError, load_checkpoint, random_checkpoint, read_info, save_checkpoint
 from dino_vla.policy.maskfree_model import MASK_FREE, MaskFreeBatch, MaskFreeConfig, MaskFreePolicyNet
 from dino_vla.policy.maskfree_train import (NONE, MaskFreeSettings, cached_patch_table, evaluate_patch_table,
-                                            train_mask_free)
+                                            heatmap_target, train_mask_free)
 from dino_vla.policy.patches import (CAMERA_DIM, OFFSET_DIM, NoDepthError, PatchGrid, camera_channels, grasp_at,
                                      grasp_offsets, project)
 from dino_vla.policy.runner import GraspPolicy, MaskFreePolicy, PolicyFailure, load_policy
@@ -73,6 +73,15 @@ def test_heatmap_target_is_the_patch_the_grasp_projects_into_and_lifts_back(scen
     assert grasp_offsets(GRID, next(iter(positions.values())), 0.0, 0.05, blind, pose) is None
     with pytest.raises(NoDepthError):
         grasp_at(GRID, 100, np.zeros(OFFSET_DIM, np.float32), blind, pose)
+
+
+def test_heatmap_target_keeps_the_grasp_patch_first_and_spreads_the_rest_over_the_object():
+    on_object = torch.tensor([[0.0, 1, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+    target = heatmap_target(torch.tensor([3, 2, NONE]), on_object)
+    assert torch.allclose(target.sum(1), torch.ones(3))
+    assert torch.allclose(target[0], torch.tensor([0, 0, 1 / 6, 2 / 3, 1 / 6, 0]))   # patch k = column k + 1
+    assert torch.equal(target[1], torch.tensor([0, 0, 1.0, 0, 0, 0]))   # nothing half covered: all on the grasp
+    assert torch.equal(target[2], torch.tensor([1.0, 0, 0, 0, 0, 0]))   # absent: all on "none"
 
 
 def test_camera_channels_see_objects_rise_above_the_table(scene):
