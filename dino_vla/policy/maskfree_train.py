@@ -33,7 +33,8 @@ from dino_vla.policy.maskfree_model import (MASK_FREE_TOKENS_VERSION, MaskFreeBa
                                             MaskFreePolicyNet)
 from dino_vla.policy.patches import OFFSET_DIM, PatchGrid, camera_channels, grasp_offsets
 from dino_vla.policy.tokens import language_text, request_vector
-from dino_vla.policy.train import TrainSettings, crop_fraction, optimise, parsed_tasks, split_by_frame
+from dino_vla.policy.train import (TrainSettings, crop_fraction, optimise, parsed_tasks, split_by_frame,
+                                   training_inputs)
 from dino_vla.training_state import load_training_state
 
 NONE = 0     # PatchTable.episode_target of "none of these": patch k is target k + 1
@@ -265,17 +266,12 @@ def train_mask_free(dataset_dir: str, out: str, backbone: str, settings: TrainSe
                     text_model: str = TEXT_ENCODER, threads: int = 0, stop_after_epoch: int | None = None) -> dict:
     """Train (or resume) a mask-free policy on `dataset_dir`, writing checkpoints to `out` after every epoch
     (settings.batch_size is unused: a batch is network.frames_per_batch frames with all their episodes)."""
-    if threads:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
-    dataset = Dataset(dataset_dir)
+    dataset, info, features, text = training_inputs(dataset_dir, out, backbone, text_model, resume, threads)
     if resume:
-        info = read_info(out)
         backbone, text_model, config = info.backbone, info.text_encoder, info.config
         settings = TrainSettings(**info.training["settings"])
         network = MaskFreeSettings(**info.training["network"])
-    features = DinoFeatures.load(backbone, device="cpu", dtype="float32")
-    text = TextEncoder.load(text_model, device="cpu")
     crop = crop_fraction(features)
     table_height = config.table_height_m if resume else 0.40
     table, stats = cached_patch_table(dataset, backbone, text, features, crop, table_height)

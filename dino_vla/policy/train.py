@@ -319,21 +319,29 @@ def optimise(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch
     optimizer.step()
 
 
+def training_inputs(dataset_dir: str, out: str, backbone: str, text_model: str, resume: bool, threads: int):
+    """(the dataset, the checkpoint being resumed's info or None, the backbone and the text encoder, on CPU in
+    float32) that a policy's training starts from; resuming, the checkpoint's backbone and text encoder."""
+    if threads:
+        torch.set_num_threads(threads)
+    dataset = Dataset(dataset_dir)
+    info = read_info(out) if resume else None
+    if info is not None:
+        backbone, text_model = info.backbone, info.text_encoder
+    return (dataset, info, DinoFeatures.load(backbone, device="cpu", dtype="float32"),
+            TextEncoder.load(text_model, device="cpu"))
+
+
 def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | None = None,
           settings: TrainSettings = TrainSettings(), resume: bool = False, text_model: str = TEXT_ENCODER,
           threads: int = 0, stop_after_epoch: int | None = None) -> dict:
     """Train (or resume) a policy on `dataset_dir`, writing checkpoints to `out` after every epoch;
     stop_after_epoch ends this call early (the run resumes later with resume=True)."""
-    if threads:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
-    dataset = Dataset(dataset_dir)
+    dataset, info, features, text = training_inputs(dataset_dir, out, backbone, text_model, resume, threads)
     if resume:
-        info = read_info(out)
         backbone, text_model, config = info.backbone, info.text_encoder, info.config
         settings = TrainSettings(**info.training["settings"])
-    features = DinoFeatures.load(backbone, device="cpu", dtype="float32")
-    text = TextEncoder.load(text_model, device="cpu")
     if not resume:
         view = ViewSettings(**{**(config_overrides or {}).pop("view", {}), "crop_fraction": crop_fraction(features)})
         config = PolicyConfig(vision_dim=int(features.model.config.hidden_size), language_dim=text.dim, view=view,

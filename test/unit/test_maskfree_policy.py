@@ -195,11 +195,12 @@ def demos(tmp_path_factory):
 
 
 def test_training_fits_a_few_demonstrations_and_resumes(demos, tiny_models, tmp_path):
-    settings = TrainSettings(epochs=30, learning_rate=3e-3, validation_fraction=0.0)
+    settings = TrainSettings(epochs=60, learning_rate=3e-3, validation_fraction=0.0)
     network = MaskFreeSettings(d_model=32, vision_layers=1, fusion_layers=1, frames_per_batch=1)
     training = train_mask_free(str(demos), str(tmp_path / "ck"), tiny_models.features, settings, network)
     assert training["tokens"]["used"] == len(Dataset(demos)) and training["tokens"]["grid"] == [16, 16]
-    assert training["history"][-1]["loss"] < 0.25 * training["history"][0]["loss"]
+    # the soft heatmap target (spread over the object) keeps its entropy in the loss: no 4x drop to expect
+    assert training["history"][-1]["loss"] < 0.4 * training["history"][0]["loss"]
     net, info = load_checkpoint(tmp_path / "ck")
     from dino_vla.models.features import DinoFeatures
     from dino_vla.models.text import TextEncoder
