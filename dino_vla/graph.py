@@ -42,25 +42,50 @@ LOCALISER = NodeSpec("localiser", "localiser_node", "dino_vla.ros.localiser_node
                      "objects")
 PICK = NodeSpec("pick", "pick_node", "dino_vla.ros.pick_node", ("depth", "camera_info"), "grasp_command")
 SIM = NodeSpec("sim", "sim_node", "dino_vla.ros.sim_node", ("image", "depth", "camera_info"), "grasp_outcome")
-POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("depth", "camera_info"), "policy/grasp",
-                  managed=True)
+# the image is the mask-free policy's (an object-token policy leaves it unsubscribed)
+POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("image", "depth", "camera_info"),
+                  "policy/grasp", managed=True)
 RECORDER = NodeSpec("recorder", "recorder_node", "dino_vla.ros.recorder_node", ("image", "depth", "camera_info"))
 ALL_NODES = (FEATURES, DETECTOR, SEGMENTER, LOCALISER, PICK, SIM, POLICY, RECORDER)
 
 PERCEPTION_GRAPH = (FEATURES, DETECTOR, SEGMENTER)
 
 
-def pick_graph(simulated: bool, model_perception: bool, grasp_source: str = "planner") -> tuple[NodeSpec, ...]:
+def pick_graph(simulated: bool, model_perception: bool, grasp_source: str = "planner",
+               mask_free: bool = False) -> tuple[NodeSpec, ...]:
     """Detector + segmenter produce the masks, or (simulation without weights) the simulator's ground
     truth stands in for them. grasp_source policy adds the DINOv2 features and the policy node, whose
-    grasps the pick node then executes (start it with pick_graph_params)."""
+    grasps the pick node then executes (start it with pick_graph_params). A mask-free policy (mask_free)
+    needs no masks at all: camera (or simulator), features, policy and pick node only."""
     if not (model_perception or simulated):
         raise ValueError("without the detector and segmenter only the simulator can provide masks")
     if grasp_source not in GRASP_SOURCES:
         raise ValueError(f"grasp_source must be one of {', '.join(GRASP_SOURCES)}, got {grasp_source!r}")
     policy = grasp_source == "policy"
-    return (((SIM,) if simulated else ()) + ((DETECTOR, SEGMENTER) if model_perception else ())
+    if mask_free and not policy:
+        raise ValueError("mask_free is a kind of policy: it needs grasp_source policy")
+    camera = (SIM,) if simulated else ()
+    if mask_free:
+        return camera + (FEATURES, POLICY, PICK)
+    return (camera + ((DETECTOR, SEGMENTER) if model_perception else ())
             + ((FEATURES,) if policy else ()) + (LOCALISER,) + ((POLICY,) if policy else ()) + (PICK,))
+
+
+def policy_checkpoint(params_files: Sequence[str] = (), checkpoint: str | None = None) -> str:
+    """The policy checkpoint directory a graph runs: `checkpoint`, else the one params_files name (default
+    `shipped`)."""
+    from dino_vla.config import load_config
+    from dino_vla.policy.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(checkpoint or load_config(*params_files)["policy"]["checkpoint"])
+
+
+def is_mask_free(checkpoint: str) -> bool:
+    """Whether a policy checkpoint is of the mask-free kind (CheckpointError: not a checkpoint)."""
+    from dino_vla.policy.checkpoint import read_info
+    from dino_vla.policy.maskfree_model import MASK_FREE
+
+    return read_info(checkpoint).kind == MASK_FREE
 
 
 def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str = "planner",
@@ -70,21 +95,35 @@ def pick_graph_params(simulated: bool, model_perception: bool, grasp_source: str
     the policy's grasps (the policy node stays dry-run, so only the pick node commands the arm), the masks
     hold every visible object (masks_scope all_objects, of the simulator or the detector: the policy grounds
     the words), and the features node loads the DINOv2 weights the policy's checkpoint was trained on:
-    `checkpoint`, else the one params_files name (default `shipped`)."""
+    `checkpoint`, else the one params_files name (default `shipped`). A mask-free checkpoint takes no masks:
+    the simulator publishes none (ground_truth_masks false)."""
     pick_graph(simulated, model_perception, grasp_source)   # the same checks
     out: dict[str, dict[str, Any]] = {"sim": {"ground_truth_masks": not model_perception}} if simulated else {}
     if grasp_source == "policy":
-        from dino_vla.config import load_config
-        from dino_vla.policy.checkpoint import read_info, resolve_checkpoint
+        from dino_vla.policy.checkpoint import read_info
 
-        checkpoint = checkpoint or load_config(*params_files)["policy"]["checkpoint"]
-        out.update(features={"model": read_info(resolve_checkpoint(checkpoint)).backbone},
+        checkpoint = checkpoint or policy_checkpoint(params_files)
+        resolved = policy_checkpoint(params_files, checkpoint)
+        out.update(features={"model": read_info(resolved).backbone},
                    pick={"grasp_source": "policy"}, policy={"dry_run": True, "checkpoint": checkpoint})
-        if model_perception:
+        if is_mask_free(resolved):
+            if simulated:
+                out["sim"]["ground_truth_masks"] = False
+        elif model_perception:
             out["detector"] = {"masks_scope": "all_objects"}
         else:
             out["sim"]["masks_scope"] = "all_objects"
     return out
+
+
+def pick_graph_and_params(simulated: bool, model_perception: bool, grasp_source: str = "planner",
+                          params_files: Sequence[str] = (), checkpoint: str | None = None
+                          ) -> tuple[tuple[NodeSpec, ...], dict[str, dict[str, Any]]]:
+    """pick_graph and pick_graph_params together, the graph chosen by the policy checkpoint's kind (a mask-free
+    one runs without masks): what every starter (sim-pick, the launch files) runs."""
+    mask_free = grasp_source == "policy" and is_mask_free(policy_checkpoint(params_files, checkpoint))
+    return (pick_graph(simulated, model_perception, grasp_source, mask_free),
+            pick_graph_params(simulated, model_perception, grasp_source, params_files, checkpoint))
 
 
 def parameter_overrides(spec: NodeSpec, instruction: str | None = None, device: str | None = None,

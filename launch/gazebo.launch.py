@@ -21,7 +21,7 @@ from launch_ros.actions import Node
 
 import dino_vla
 from dino_vla.config import CAMERA_POSE_IN_BASE
-from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph, pick_graph_params
+from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph_and_params
 from dino_vla.launch_support import launch_description, node_actions
 
 CONFIG = os.path.join(get_package_share_directory("dino_vla"), "config")
@@ -52,8 +52,8 @@ def _nodes(value):
         "--x", str(x), "--y", str(y), "--z", str(z), "--qx", str(qx), "--qy", str(qy), "--qz", str(qz),
         "--qw", str(qw), "--frame-id", "base_link", "--child-frame-id", "camera_color_optical_frame"])
     files = [os.path.join(CONFIG, name) for name in ("perception.yaml", "pick.yaml", "policy.yaml")]
-    node_params = pick_graph_params(False, True, value["grasp_source"], files)
-    graph = node_actions(pick_graph(False, True, value["grasp_source"]), "", files,
+    specs, node_params = pick_graph_and_params(False, True, value["grasp_source"], files)
+    graph = node_actions(specs, "", files,
                          lambda spec: parameter_overrides(spec, value["instruction"], value["device"],
                                                           node_params=node_params), CAMERA)
     return [gazebo, bridge, camera_tf, *graph]

@@ -16,7 +16,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 
-from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph, pick_graph_params
+from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph_and_params
 from dino_vla.launch_support import launch_description, node_actions
 
 CONFIG = os.path.join(get_package_share_directory("dino_vla"), "config")
@@ -42,8 +42,8 @@ def _nodes(value):
     camera = CameraTopics(value["image_topic"], value["depth_topic"], value["camera_info_topic"])
     models = {"detector": value["detector_model"], "segmenter": value["segmenter_model"]}
     files = [value["perception_config"], value["pick_config"], value["policy_config"]]
-    node_params = pick_graph_params(False, True, value["grasp_source"], files)
-    return node_actions(pick_graph(False, True, value["grasp_source"]), value["namespace"], files,
+    specs, node_params = pick_graph_and_params(False, True, value["grasp_source"], files)
+    return node_actions(specs, value["namespace"], files,
                         lambda spec: parameter_overrides(spec, value["instruction"], value["device"], models,
                                                          node_params), camera)
 

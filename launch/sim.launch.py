@@ -13,7 +13,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 
-from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph, pick_graph_params
+from dino_vla.graph import CameraTopics, parameter_overrides, pick_graph_and_params
 from dino_vla.launch_support import launch_description, node_actions
 
 CONFIG = os.path.join(get_package_share_directory("dino_vla"), "config")
@@ -32,9 +32,9 @@ def _nodes(value):
     if value["perception"] not in ("models", "ground-truth"):
         raise ValueError(f"perception must be models or ground-truth, got {value['perception']!r}")
     files = [os.path.join(CONFIG, name) for name in ("perception.yaml", "pick.yaml", "policy.yaml", "sim.yaml")]
-    node_params = pick_graph_params(True, models, value["grasp_source"], files)
+    specs, node_params = pick_graph_and_params(True, models, value["grasp_source"], files)
     node_params["sim"]["seed"] = int(value["seed"])
-    return node_actions(pick_graph(True, models, value["grasp_source"]), value["namespace"], files,
+    return node_actions(specs, value["namespace"], files,
                         lambda spec: parameter_overrides(spec, value["instruction"], value["device"],
                                                          node_params=node_params), CameraTopics())
 

@@ -60,12 +60,12 @@ def _splits(args: argparse.Namespace, params: dict, checkpoint: str) -> int:
     from dino_vla.models.features import DinoFeatures
     from dino_vla.pick import PickPlanner, PickSettings
     from dino_vla.policy.checkpoint import CheckpointError
-    from dino_vla.policy.runner import GraspPolicy, PolicyFailure
+    from dino_vla.policy.runner import PolicyFailure, load_policy
     from dino_vla.sim.scene import CAMERA_FRAME
 
     camera_pose = transform_from_pose(params["camera_pose_in_target"], params["target_frame"], CAMERA_FRAME)
     try:
-        policy = GraspPolicy.load(checkpoint, device=args.device)
+        policy = load_policy(checkpoint, device=args.device)
         features = DinoFeatures.load(policy.backbone, device=args.device)
     except (CheckpointError, PolicyFailure) as err:
         fail(f"checkpoint {checkpoint!r}: {err}")

@@ -25,24 +25,33 @@ def add_parser(subparsers) -> None:
     add_config_option(p, ("perception.yaml", "pick.yaml", "policy.yaml", "sim.yaml"))
     p.add_argument("--grasp-source", choices=("planner", "policy"), default="planner",
                    help="planner: the geometric grasp planner; policy: the VLA policy node (config/policy.yaml's "
-                        "checkpoint, default the shipped one) on DINOv2 features and class-agnostic masks")
+                        "checkpoint, default the shipped one) on DINOv2 features and class-agnostic masks; a "
+                        "mask-free checkpoint runs on the image and depth alone: no masks, no ground truth")
+    p.add_argument("--policy-checkpoint", help="with --grasp-source policy: the checkpoint directory (default: "
+                   "config/policy.yaml's)")
     p.add_argument("--device", help="torch device of the model nodes (auto, cpu, cuda, cuda:N)")
     add_dds_option(p)
     p.set_defaults(main=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    from dino_vla.graph import pick_graph, pick_graph_params
+    from dino_vla.graph import is_mask_free, pick_graph_and_params, policy_checkpoint
     from dino_vla.policy.checkpoint import CheckpointError
     from dino_vla.ros.pick_client import pick_in_graph, write_record
 
     env = loopback_environment(args)
     files = config_files(args)
+    if args.policy_checkpoint and args.grasp_source != "policy":
+        print("dino-vla sim-pick: --policy-checkpoint needs --grasp-source policy", file=sys.stderr)
+        return 1
     params = load_params(args)
     models = trained_models(args, params)
-    model_perception, banner = choose_perception(args, params)
     try:
-        node_params = pick_graph_params(True, model_perception, args.grasp_source, files)
+        mask_free = args.grasp_source == "policy" and is_mask_free(policy_checkpoint(files, args.policy_checkpoint))
+        # a mask-free policy takes no masks: neither the models nor the simulator's stand-in for them run
+        model_perception, banner = (False, None) if mask_free else choose_perception(args, params)
+        specs, node_params = pick_graph_and_params(True, model_perception, args.grasp_source, files,
+                                                   args.policy_checkpoint)
     except CheckpointError as err:
         print(f"dino-vla sim-pick: policy checkpoint: {err}", file=sys.stderr)
         return 1
@@ -54,8 +63,7 @@ def main(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "nodes.log", "w") as log, on_ros_domain(args, env) as env:
         try:
-            record = pick_in_graph(args.instruction, files, env, pick_graph(True, model_perception, args.grasp_source),
-                                   node_params, log, args.timeout, args.device)
+            record = pick_in_graph(args.instruction, files, env, specs, node_params, log, args.timeout, args.device)
         except RuntimeError as err:
             print(f"dino-vla sim-pick: {err}; node logs in {out_dir / 'nodes.log'}", file=sys.stderr)
             return 1

@@ -17,6 +17,9 @@ def add_parser(subparsers) -> None:
                    "out/policy/demos)")
     p.add_argument("--out", "-o", default="out/policy/checkpoint", help="checkpoint directory, written every "
                    "epoch (default out/policy/checkpoint)")
+    p.add_argument("--policy", choices=("object-tokens", "mask-free"), default="object-tokens",
+                   help="object-tokens (default): object tokens from instance masks + depth; mask-free: the full "
+                   "DINOv2 patch grid + depth, a heatmap over patches (no masks, no detector at run time)")
     p.add_argument("--backbone", default=RANDOM_TINY, help="DINOv2 weights: random-tiny (offline, no "
                    "semantics; the default here) or a hub id / local directory such as facebook/dinov2-small")
     p.add_argument("--epochs", type=int, default=40)
@@ -24,7 +27,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--d-model", type=int, help="network width (default 64)")
-    p.add_argument("--layers", type=int, help="fusion transformer layers (default 3)")
+    p.add_argument("--layers", type=int, help="fusion transformer layers (default 3; mask-free: 2)")
+    p.add_argument("--vision-layers", type=int, help="mask-free: self-attention layers over the patches alone, "
+                   "once per frame (default 2)")
+    p.add_argument("--frames-per-batch", type=int, help="mask-free: camera frames per batch, each with all its "
+                   "instructions (default 12; --batch-size is the object-token policy's)")
     p.add_argument("--vision-grid", type=int, help="vision tokens: the patch grid pooled to N x N (default 4)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--finetune-backbone", action="store_true", help="train DINOv2 too (default: frozen, its "
@@ -56,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
                              backbone_learning_rate=args.backbone_lr)
     if args.vision_grid is not None and args.vision_grid < 1:
         fail("--vision-grid must be >= 1")
+    if args.policy == "mask-free":
+        return _mask_free(args, backbone, settings)
     overrides = {k: v for k, v in (("d_model", args.d_model), ("fusion_layers", args.layers)) if v}
     if args.vision_grid:
         overrides["view"] = {"vision_grid": args.vision_grid}
@@ -66,5 +75,29 @@ def main(args: argparse.Namespace) -> int:
         fail(str(err))
     write_model_card(args.out, training)
     print(json.dumps({"checkpoint": args.out, "elapsed_s": training["elapsed_s"],
+                      "final": training["history"][-1] if training["history"] else None}))
+    return 0
+
+
+def _mask_free(args: argparse.Namespace, backbone: str, settings) -> int:
+    from dino_vla.dataset.format import DatasetError
+    from dino_vla.models.loading import ModelUnavailableError
+    from dino_vla.policy.checkpoint import CheckpointError, write_model_card
+    from dino_vla.policy.maskfree_train import MaskFreeSettings, train_mask_free
+    from dino_vla.training_state import TrainingStateError
+
+    if args.finetune_backbone or args.vision_grid:
+        fail("--finetune-backbone and --vision-grid are the object-token policy's")
+    chosen = {k: v for k, v in (("d_model", args.d_model), ("fusion_layers", args.layers),
+                                ("vision_layers", args.vision_layers),
+                                ("frames_per_batch", args.frames_per_batch)) if v is not None}
+    try:
+        network = MaskFreeSettings(**chosen)
+        training = train_mask_free(args.dataset, args.out, backbone, settings, network, resume=args.resume,
+                                   threads=args.threads or 0)
+    except (ValueError, DatasetError, CheckpointError, TrainingStateError, ModelUnavailableError) as err:
+        fail(str(err))
+    write_model_card(args.out, training)
+    print(json.dumps({"checkpoint": args.out, "policy": "mask-free", "elapsed_s": training["elapsed_s"],
                       "final": training["history"][-1] if training["history"] else None}))
     return 0

@@ -139,7 +139,7 @@ def table_lines(result: dict, labels: dict[str, str] | None = None) -> list[str]
             s = summary[m]
             values = [_percent(s["success_rate"]), _percent(s["correct_object_rate"]),
                       _percent(s["wrong_object_rate"]), _percent(s["refusal_rate"]), _number(s["median_decision_ms"])]
-            values += [_number(s[k]) for k in columns[m]]
+            values += [_number(s.get(k)) for k in columns[m]]   # a target whose attempts all refused has none
             cells.append(" ".join(f"{v:>{w}s}" for v, w in zip(values, widths[m])))
         lines.append(f"{name:10s} {summary[methods[0]]['episodes']:4d}" + "".join(f" | {c}" for c in cells))
     for key, ratios in ((k, v) for k, v in result.items() if k.startswith("relative_to_")):

@@ -17,7 +17,8 @@ from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.instruction import parse_instruction
 from dino_vla.models.features import DinoFeatures
 from dino_vla.pick import PickFailure, PickPlanner, PickSettings
-from dino_vla.policy.runner import GraspPolicy, PolicyFailure
+from dino_vla.evaluation.splits import policy_decision
+from dino_vla.policy.runner import GraspPolicy, MaskFreePolicy, PolicyFailure, load_policy
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import CAMERA_FRAME, varied_scene
 from dino_vla.sim.stand_in import ground_truth_perception
@@ -26,8 +27,8 @@ EVAL_FIRST_SEED = 1_000_000   # training recordings use seeds from 0: far apart
 POLICY, BASELINE = "policy", "baseline"
 
 
-def policy_episode(seed: int, policy: GraspPolicy, features: DinoFeatures, planner: PickPlanner, camera_pose,
-                   paraphrases: str) -> Episode:
+def policy_episode(seed: int, policy: GraspPolicy | MaskFreePolicy, features: DinoFeatures, planner: PickPlanner,
+                   camera_pose, paraphrases: str) -> Episode:
     spec, rng = varied_scene(seed)
     target = spec.target
     instruction, _ = paraphrase(target, rng, paraphrases)
@@ -35,13 +36,11 @@ def policy_episode(seed: int, policy: GraspPolicy, features: DinoFeatures, plann
         sim.settle()
         frame = sim.render()
         depth = DepthFrame(frame.depth, sim.intrinsics(), CAMERA_FRAME)
-        everything, masks = sim.ground_truth_all(frame)
-        start = time.perf_counter()
+        objects = len(sim.ground_truth_all(frame)[0])
         try:
-            decision = policy.decide(instruction, features.extract(frame.rgb), depth, masks, camera_pose)
-            decided_ms = (time.perf_counter() - start) * 1e3
-            by_policy = executed(sim.execute(decision.grasp), target,
-                                 everything.phrases[decision.object_index] == target, decided_ms,
+            decision, chosen, decided_ms = policy_decision(policy, features, instruction, sim, frame, depth,
+                                                           camera_pose)
+            by_policy = executed(sim.execute(decision.grasp), target, chosen == target, decided_ms,
                                  confidence=decision.confidence)
         except PolicyFailure as err:
             by_policy = refused(err.reason, confidence=None)
@@ -57,7 +56,7 @@ def policy_episode(seed: int, policy: GraspPolicy, features: DinoFeatures, plann
         except PickFailure as err:
             # given the target's true masks, any refusal but "nothing named was there" still grounded it
             by_baseline = refused(err.reason, correct_object=err.reason != "no_object")
-    return Episode(seed, target, instruction, len(everything), {POLICY: by_policy, BASELINE: by_baseline})
+    return Episode(seed, target, instruction, objects, {POLICY: by_policy, BASELINE: by_baseline})
 
 
 def evaluate(checkpoint: str, pick_params: dict, scenes: int = 100, first_seed: int = EVAL_FIRST_SEED,
@@ -65,7 +64,7 @@ def evaluate(checkpoint: str, pick_params: dict, scenes: int = 100, first_seed: 
     """The policy in `checkpoint` (a directory) and the planner (pick node parameters `pick_params`) on
     `scenes` seeded scenes, instructions from the `paraphrases` templates; the report of evaluation.episodes
     (methods policy, baseline)."""
-    policy = GraspPolicy.load(checkpoint, device=device)
+    policy = load_policy(checkpoint, device=device)
     features = DinoFeatures.load(policy.backbone, device=device)
     planner = PickPlanner(PickSettings.from_params(pick_params))
     camera_pose = transform_from_pose(pick_params["camera_pose_in_target"], pick_params["target_frame"],

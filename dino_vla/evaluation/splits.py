@@ -14,6 +14,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import numpy as np
+
 from dino_vla.evaluation.episodes import Attempt, Episode, executed, expecting_refusal, refused, report, run_episodes
 from dino_vla.evaluation.pick import seen_object
 from dino_vla.geometry.depth import DepthFrame
@@ -50,20 +52,45 @@ def geometric_method(planner: PickPlanner, camera_pose: RigidTransform) -> Metho
     return attempt
 
 
+def policy_decision(policy, features, instruction: str, sim: TabletopSim, frame: RenderedFrame, depth: DepthFrame,
+                    camera_pose: RigidTransform):
+    """(the decision, the name of the object it chose, ms of features + decision) of either kind of policy
+    (runner.load_policy) on a rendered frame, given what it takes on the robot: the object-token policy every
+    visible object's mask (class-agnostic), the mask-free one the image and depth alone. Which object a
+    mask-free grasp chose is the one the simulator's segmentation shows around the pixel it pointed at
+    (scoring only: the policy never sees it). Raises PolicyFailure."""
+    from dino_vla.policy.runner import MaskFreePolicy
+
+    if isinstance(policy, MaskFreePolicy):
+        start = time.perf_counter()
+        decision = policy.decide(instruction, features.extract(frame.rgb), frame.rgb, depth, camera_pose)
+        decided_ms = (time.perf_counter() - start) * 1e3
+        u, v = decision.pixel
+        rows, cols = np.ogrid[:frame.rgb.shape[0], :frame.rgb.shape[1]]
+        pointed = (rows - v) ** 2 + (cols - u) ** 2 <= POINTED_RADIUS_PX ** 2
+        return decision, seen_object(sim, frame, pointed), decided_ms
+    everything, masks = sim.ground_truth_all(frame)
+    start = time.perf_counter()
+    decision = policy.decide(instruction, features.extract(frame.rgb), depth, masks, camera_pose)
+    return decision, everything.phrases[decision.object_index], (time.perf_counter() - start) * 1e3
+
+
+POINTED_RADIUS_PX = 4
+
+
 def policy_method(policy, features, camera_pose: RigidTransform) -> Method:
-    """A GraspPolicy and the DinoFeatures of its backbone."""
+    """A policy of either kind (runner.load_policy) and the DinoFeatures of its backbone."""
     from dino_vla.policy.runner import PolicyFailure
 
     def attempt(task: Task, sim: TabletopSim, frame: RenderedFrame, depth: DepthFrame) -> Attempt:
-        everything, masks = sim.ground_truth_all(frame)
         start = time.perf_counter()
         try:
-            decision = policy.decide(task.instruction, features.extract(frame.rgb), depth, masks, camera_pose)
+            decision, chosen, decided_ms = policy_decision(policy, features, task.instruction, sim, frame, depth,
+                                                           camera_pose)
         except PolicyFailure as err:
             return refused(err.reason, decision_ms=(time.perf_counter() - start) * 1e3)
-        decided_ms = (time.perf_counter() - start) * 1e3
-        return executed(sim.execute(decision.grasp), task.target, everything.phrases[decision.object_index]
-                        == task.target, decided_ms, confidence=decision.confidence)
+        return executed(sim.execute(decision.grasp), task.target, chosen == task.target, decided_ms,
+                        confidence=decision.confidence)
 
     return attempt
 

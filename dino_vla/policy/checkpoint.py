@@ -1,7 +1,9 @@
 """Policy checkpoints: a directory holding
 
-    policy.safetensors          weights + normalisation statistics; metadata: config (JSON), backbone,
-                                text_encoder, training (JSON: dataset, seed, steps, losses)
+    policy.safetensors          weights + normalisation statistics; metadata: policy (the kind: object-tokens,
+                                or mask-free; absent in checkpoints older than the kinds: object-tokens),
+                                config (JSON), backbone, text_encoder, training (JSON: dataset, seed, steps,
+                                losses)
     training_state.safetensors  optimiser moments, RNG state and step, to resume training (optional)
     backbone/                   the DINOv2 weights the policy was trained on, when they came from a local
                                 directory (random weights, a backbone pretrained here) that no hub id or cache
@@ -22,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from dino_vla.config import SHIPPED_CHECKPOINT
 from dino_vla.models.random_init import is_random_model
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
+from dino_vla.policy.maskfree_model import MASK_FREE, MASK_FREE_TOKENS_VERSION, MaskFreeConfig, MaskFreePolicyNet
 from dino_vla.policy.model import GraspPolicyNet, PolicyConfig
 from dino_vla.policy.tokens import TOKENS_VERSION
 from dino_vla.training_state import save_training_state
@@ -32,6 +35,13 @@ BACKBONE_FILES = ("config.json", "model.safetensors", "preprocessor_config.json"
 # The checkpoint that ships with the package: trained by `dino-vla train` on simulator demonstrations over
 # the tiny random-weight DINOv2 stored inside it (see its README).
 SHIPPED_DIR = Path(__file__).parent / "checkpoints" / "sim-tiny"
+# the mask-free policy that ships beside it (`dino-vla train --policy mask-free`, same demonstrations)
+SHIPPED_MASK_FREE = "shipped-mask-free"
+SHIPPED_MASK_FREE_DIR = Path(__file__).parent / "checkpoints" / "mask-free-tiny"
+
+
+OBJECT_TOKENS = "object-tokens"   # the kind of GraspPolicyNet: object tokens from masks + depth
+KINDS = {OBJECT_TOKENS: (PolicyConfig, GraspPolicyNet), MASK_FREE: (MaskFreeConfig, MaskFreePolicyNet)}
 
 
 class CheckpointError(ValueError):
@@ -39,19 +49,22 @@ class CheckpointError(ValueError):
 
 
 def resolve_checkpoint(value: str | Path) -> str:
-    """A checkpoint as given (policy node parameter, --checkpoint) as a directory: `shipped` is the package's."""
-    return str(SHIPPED_DIR) if str(value) == SHIPPED_CHECKPOINT else str(value)
+    """A checkpoint as given (policy node parameter, --checkpoint) as a directory: `shipped` is the package's,
+    `shipped-mask-free` its mask-free one."""
+    return {SHIPPED_CHECKPOINT: str(SHIPPED_DIR), SHIPPED_MASK_FREE: str(SHIPPED_MASK_FREE_DIR)}.get(str(value),
+                                                                                                   str(value))
 
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    config: PolicyConfig
+    config: PolicyConfig | MaskFreeConfig
     backbone: str              # hub id, or a directory (absolute, or resolved against the checkpoint)
     text_encoder: str
     training: dict
+    kind: str = OBJECT_TOKENS     # which network: OBJECT_TOKENS or MASK_FREE
 
 
-def save_checkpoint(directory: str | Path, net: GraspPolicyNet, backbone: str, text_encoder: str,
+def save_checkpoint(directory: str | Path, net: GraspPolicyNet | MaskFreePolicyNet, backbone: str, text_encoder: str,
                     training: dict, optimizer: torch.optim.Optimizer | None = None, step: int = 0,
                     tuned_backbone=None) -> Path:
     """Write (or overwrite) a checkpoint; with `optimizer`, also the state to resume training from.
@@ -71,7 +84,8 @@ def save_checkpoint(directory: str | Path, net: GraspPolicyNet, backbone: str, t
         backbone = BACKBONE_DIR
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     tmp = directory / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"config": net.config.to_json(), "backbone": backbone,
+    kind = MASK_FREE if isinstance(net, MaskFreePolicyNet) else OBJECT_TOKENS
+    save_file(state, str(tmp), metadata={"policy": kind, "config": net.config.to_json(), "backbone": backbone,
                                          "text_encoder": text_encoder, "training": json.dumps(training)})
     tmp.replace(directory / WEIGHTS)   # a crash mid-write leaves the previous checkpoint intact
     if optimizer is not None:
@@ -85,14 +99,19 @@ def read_info(directory: str | Path) -> CheckpointInfo:
         raise CheckpointError(f"{directory} is not a policy checkpoint (no {WEIGHTS})")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
+    kind = meta.get("policy", OBJECT_TOKENS)
+    if kind not in KINDS:
+        raise CheckpointError(f"{path}: policy kind {kind!r} is unknown to this package (it knows "
+                              f"{', '.join(KINDS)})")
     try:
-        config = PolicyConfig.from_json(meta["config"])
+        config = KINDS[kind][0].from_json(meta["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable config ({err})") from None
     backbone = meta.get("backbone", "")
     if backbone == BACKBONE_DIR:
         backbone = str(Path(directory).resolve() / BACKBONE_DIR)
-    return CheckpointInfo(config, backbone, meta.get("text_encoder", ""), json.loads(meta.get("training", "{}")))
+    return CheckpointInfo(config, backbone, meta.get("text_encoder", ""), json.loads(meta.get("training", "{}")),
+                          kind)
 
 
 def write_model_card(directory: str | Path, training: dict) -> None:
@@ -116,14 +135,20 @@ def write_model_card(directory: str | Path, training: dict) -> None:
         "training_state.safetensors is beside it. Success rates are measured by `dino-vla eval`, not here.\n")
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[GraspPolicyNet, CheckpointInfo]:
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[GraspPolicyNet | MaskFreePolicyNet, CheckpointInfo]:
+    """The network of either kind (info.kind says which) and what the checkpoint says about it."""
     info = read_info(directory)
-    if info.config.tokens_version != TOKENS_VERSION:
+    if info.kind == MASK_FREE and info.config.tokens_version != MASK_FREE_TOKENS_VERSION:
+        raise CheckpointError(f"{directory} is a mask-free policy of tokens version {info.config.tokens_version}; "
+                              f"this package builds version {MASK_FREE_TOKENS_VERSION}: train it again "
+                              "(dino-vla train --policy mask-free)")
+    if info.kind == OBJECT_TOKENS and info.config.tokens_version != TOKENS_VERSION:
         raise CheckpointError(f"{directory} was trained on version {info.config.tokens_version} tokens; this "
                               f"package builds version {TOKENS_VERSION} (parsed request text and one-hots, colours, "
                               "a 'none' choice, each relation reference encoded alone for the reference "
                               "pointer): train it again (dino-vla record-sim, then dino-vla train)")
-    net = GraspPolicyNet(info.config)
+    net = KINDS[info.kind][1](info.config)
     state = load_file(str(Path(directory) / WEIGHTS))
     missing, unexpected = net.load_state_dict(state, strict=False)
     if missing or unexpected:

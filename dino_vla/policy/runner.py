@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dino_vla.language import Instruction, InstructionError, parse
@@ -16,8 +17,10 @@ from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.pick import PickFailure
-from dino_vla.policy.checkpoint import CheckpointInfo, load_checkpoint
-from dino_vla.policy.model import GraspPolicyNet, collate
+from dino_vla.policy.checkpoint import OBJECT_TOKENS, CheckpointError, CheckpointInfo, load_checkpoint, read_info
+from dino_vla.policy.maskfree_model import MASK_FREE, MaskFreeBatch
+from dino_vla.policy.model import collate
+from dino_vla.policy.patches import NoDepthError, PatchGrid, camera_channels, grasp_at
 from dino_vla.policy.tokens import (ObjectTokens, grasp_from_target, language_text, object_tokens,
                                    reference_vectors, request_vector, vision_tokens)
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
@@ -55,14 +58,23 @@ class PolicyDecision:
     latency_ms: float          # tokens + network, features not included
 
 
-class GraspPolicy:
-    def __init__(self, net: GraspPolicyNet, info: CheckpointInfo, text: TextEncoder, checkpoint: str):
+class PolicyRuntime:
+    """What both kinds of policy share at run time: the network, the text encoder and the feature check.
+    load() reads a checkpoint of the subclass's KIND and refuses the other kind clearly."""
+
+    KIND = ""
+
+    def __init__(self, net, info: CheckpointInfo, text: TextEncoder, checkpoint: str):
         self.net, self.info, self.text, self.checkpoint = net, info, text, checkpoint
         self.device = next(net.parameters()).device
         self._language = lru_cache(maxsize=64)(lambda instruction: self.text.encode(instruction).tokens)
 
     @classmethod
-    def load(cls, checkpoint: str, device: str = "auto") -> "GraspPolicy":
+    def load(cls, checkpoint: str, device: str = "auto"):
+        kind = read_info(checkpoint).kind
+        if kind != cls.KIND:
+            raise CheckpointError(f"{checkpoint} holds a {kind} policy, not a {cls.KIND} one (load_policy "
+                                  "chooses the runtime by the checkpoint's kind)")
         dev = resolve_device(device)
         net, info = load_checkpoint(checkpoint, dev)
         text = TextEncoder.load(info.text_encoder or TEXT_ENCODER, device=str(dev))
@@ -70,6 +82,10 @@ class GraspPolicy:
             raise PolicyFailure("feature_mismatch", f"text encoder {info.text_encoder!r} gives {text.dim}-d "
                                 f"tokens, the policy was trained on {info.config.language_dim}-d")
         return cls(net, info, text, str(checkpoint))
+
+    @property
+    def needs_masks(self) -> bool:
+        return self.KIND == OBJECT_TOKENS
 
     def to(self, device: str) -> int:
         """The network and the text encoder to `device`; the bytes of GPU memory given back
@@ -94,6 +110,12 @@ class GraspPolicy:
         if features.model and not same_weights(features.model, self.backbone, readable):
             raise PolicyFailure("feature_mismatch", f"features come from {features.model!r}, the policy "
                                 f"was trained on {self.backbone!r}")
+
+
+class GraspPolicy(PolicyRuntime):
+    """The object-token policy: it grounds the instruction in class-agnostic instance masks."""
+
+    KIND = OBJECT_TOKENS
 
     def decide(self, instruction: str, features: Features, frame: DepthFrame, masks: Masks,
                camera_to_base: RigidTransform, local_features: bool = False) -> PolicyDecision:
@@ -137,3 +159,73 @@ class GraspPolicy:
                         [reference_vectors(instruction, self._language)]).to(self.device)
         logits, normalised = self.net(batch)
         return logits[0].cpu(), self.net.denormalise_targets(normalised[0]).cpu()
+
+
+@dataclass(frozen=True)
+class MaskFreeDecision:
+    grasp: Grasp               # in camera_to_base.parent; score = confidence
+    pixel: tuple[float, float]  # the camera pixel the heatmap pointed at (u, v)
+    confidence: float          # the heatmap's probability of the chosen patch
+    latency_ms: float          # camera channels + network, features not included
+
+
+class MaskFreePolicy(PolicyRuntime):
+    """The mask-free policy: DINOv2 patch tokens, the camera's colour and depth and the words; no masks."""
+
+    KIND = MASK_FREE
+
+    def grid(self, features: Features, image_shape: tuple[int, int]) -> PatchGrid:
+        config = self.info.config
+        grid = PatchGrid.of(image_shape, features.input_size, features.patch_size, config.crop_fraction)
+        if (grid.rows, grid.cols) != (config.rows, config.cols):
+            raise PolicyFailure("feature_mismatch", f"features are a {grid.rows}x{grid.cols} patch grid, the "
+                                f"policy was trained on {config.rows}x{config.cols}")
+        return grid
+
+    def decide(self, instruction: str, features: Features, rgb: np.ndarray, frame: DepthFrame,
+               camera_to_base: RigidTransform, local_features: bool = False) -> MaskFreeDecision:
+        """The grasp at the patch the heatmap puts highest; PolicyFailure no_object when "none" wins (the
+        named object is not in view), no_points when the chosen pixel has no depth around it."""
+        start = time.perf_counter()
+        try:
+            parsed = parse(instruction)
+        except InstructionError as err:
+            raise PolicyFailure("bad_instruction", str(err)) from None
+        self.check_features(features, local_features)
+        if rgb.shape[:2] != frame.metres.shape:
+            raise PolicyFailure("bad_input", f"image {rgb.shape[1]}x{rgb.shape[0]} and depth "
+                                f"{frame.metres.shape[1]}x{frame.metres.shape[0]} differ: depth must be aligned")
+        grid = self.grid(features, rgb.shape[:2])
+        camera = camera_channels(rgb, frame, camera_to_base, grid, self.info.config.table_height_m)
+        logits, offsets = self.forward(parsed, features, camera)
+        probabilities = torch.softmax(logits, 0)
+        choice = int(torch.argmax(probabilities))
+        confidence = float(probabilities[choice])
+        target = parsed.target.phrase
+        if choice == 0:
+            raise PolicyFailure("no_object", f"the policy finds no {target!r} in view (confidence {confidence:.2f})")
+        try:
+            chosen = grasp_at(grid, choice - 1, offsets[choice - 1].numpy(), frame, camera_to_base)
+        except NoDepthError as err:
+            raise PolicyFailure("no_points", str(err)) from None
+        grasp = Grasp(chosen.position, np.array([0.0, 0.0, -1.0]), chosen.yaw, chosen.width, confidence, target,
+                      camera_to_base.parent)
+        return MaskFreeDecision(grasp, chosen.pixel, confidence, (time.perf_counter() - start) * 1e3)
+
+    @torch.inference_mode()
+    def forward(self, instruction: Instruction, features: Features, camera: np.ndarray
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (1 + P,): "none", then the patches; offsets (P, OFFSET_DIM) in pixels/metres/radians)."""
+        language = torch.as_tensor(self._language(language_text(instruction)))
+        patches = torch.as_tensor(np.asarray(features.patch_tokens, np.float32))
+        patches = patches.reshape(1, -1, patches.shape[-1])
+        batch = MaskFreeBatch(patches, torch.as_tensor(camera)[None], torch.zeros(1, dtype=torch.long),
+                              language[None], torch.zeros(1, len(language), dtype=torch.bool),
+                              torch.as_tensor(request_vector(instruction))[None]).to(self.device)
+        logits, normalised, _ = self.net(batch)
+        return logits[0].cpu(), self.net.denormalise_offsets(normalised[0]).cpu()
+
+
+def load_policy(checkpoint: str, device: str = "auto") -> GraspPolicy | MaskFreePolicy:
+    """The run time of the checkpoint's kind (CheckpointError: not a policy checkpoint)."""
+    return (MaskFreePolicy if read_info(checkpoint).kind == MASK_FREE else GraspPolicy).load(checkpoint, device)

@@ -26,7 +26,7 @@ from dino_vla.training_state import load_training_state
 from dino_vla.colour import colour_names
 from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
 from dino_vla.dataset.references import reference_objects
-from dino_vla.language import InstructionError, parse
+from dino_vla.language import Instruction, InstructionError, parse
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.tokens import (REFERENCE_SLOTS, TARGET_DIM, TOKENS_VERSION, ViewSettings, grasp_target,
                                    language_text, object_tokens, reference_vectors, request_vector, vision_tokens)
@@ -106,6 +106,18 @@ class TokenTable:
         return vision, pooled
 
 
+def parsed_tasks(dataset: Dataset) -> dict[int, Instruction]:
+    """Every task (instruction) of the dataset the parser understands, by task index; the others' episodes
+    are dropped by the token builders (and counted)."""
+    understood = {}
+    for task, instruction in sorted({e.task_index: e.instruction for e in dataset.episodes}.items()):
+        try:
+            understood[task] = parse(instruction)
+        except InstructionError:
+            pass
+    return understood
+
+
 def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, view: ViewSettings,
                  progress: bool = True, for_finetuning: bool = False) -> tuple[TokenTable, dict]:
     """Tokens of every frame and episode; episodes whose target has no object token are dropped (counted).
@@ -132,14 +144,8 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         rows_of[index] = {k: row for row, k in enumerate(objects.kept)}
         anchors[index] = objects.anchors
         names[index] = frame.objects
-    tasks = sorted({e.task_index: e.instruction for e in dataset.episodes}.items())
-    understood = {}
-    for task, instruction in tasks:
-        try:
-            understood[task] = parse(instruction)
-        except InstructionError:
-            pass     # its episodes are dropped, counted below
-    tasks = [(task, text_) for task, text_ in tasks if task in understood]
+    understood = parsed_tasks(dataset)
+    tasks = sorted(understood.items())
     language = [text.encode(language_text(understood[task])).tokens for task, _ in tasks]
     task_row = {task: i for i, (task, _) in enumerate(tasks)}
     phrase_tokens: dict[str, np.ndarray] = {}
@@ -300,21 +306,42 @@ def _optimizer(net: GraspPolicyNet, backbone: DinoFeatures | None, settings: Tra
     return torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
 
 
+def optimise(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int,
+             total_steps: int) -> None:
+    """One step on `loss`: gradients clipped to norm 1 (the network's), every group's learning rate on a
+    cosine from its initial_lr, a function of the step alone so that a resumed run continues step for step."""
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    decay = 0.5 * (1 + np.cos(np.pi * step / total_steps))
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * decay
+    optimizer.step()
+
+
+def training_inputs(dataset_dir: str, out: str, backbone: str, text_model: str, resume: bool, threads: int):
+    """(the dataset, the checkpoint being resumed's info or None, the backbone and the text encoder, on CPU in
+    float32) that a policy's training starts from; resuming, the checkpoint's backbone and text encoder."""
+    if threads:
+        torch.set_num_threads(threads)
+    dataset = Dataset(dataset_dir)
+    info = read_info(out) if resume else None
+    if info is not None:
+        backbone, text_model = info.backbone, info.text_encoder
+    return (dataset, info, DinoFeatures.load(backbone, device="cpu", dtype="float32"),
+            TextEncoder.load(text_model, device="cpu"))
+
+
 def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | None = None,
           settings: TrainSettings = TrainSettings(), resume: bool = False, text_model: str = TEXT_ENCODER,
           threads: int = 0, stop_after_epoch: int | None = None) -> dict:
     """Train (or resume) a policy on `dataset_dir`, writing checkpoints to `out` after every epoch;
     stop_after_epoch ends this call early (the run resumes later with resume=True)."""
-    if threads:
-        torch.set_num_threads(threads)
     started = time.perf_counter()
-    dataset = Dataset(dataset_dir)
+    dataset, info, features, text = training_inputs(dataset_dir, out, backbone, text_model, resume, threads)
     if resume:
-        info = read_info(out)
         backbone, text_model, config = info.backbone, info.text_encoder, info.config
         settings = TrainSettings(**info.training["settings"])
-    features = DinoFeatures.load(backbone, device="cpu", dtype="float32")
-    text = TextEncoder.load(text_model, device="cpu")
     if not resume:
         view = ViewSettings(**{**(config_overrides or {}).pop("view", {}), "crop_fraction": crop_fraction(features)})
         config = PolicyConfig(vision_dim=int(features.model.config.hidden_size), language_dim=text.dim, view=view,
@@ -349,13 +376,7 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
         order = train_eps[torch.randperm(len(train_eps), generator=shuffle)]
         for b in range(offset, steps_per_epoch):
             loss, metrics = losses(net, table, order[b * settings.batch_size:(b + 1) * settings.batch_size], tuned)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            decay = 0.5 * (1 + np.cos(np.pi * step / total_steps))  # a function of the step alone: resumable
-            for group in optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * decay
-            optimizer.step()
+            optimise(net, optimizer, loss, step, total_steps)
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{metrics['pointer_accuracy']:.2f}")

@@ -1,4 +1,5 @@
-"""What the localiser, pick, policy and recorder nodes share: aligned depth, CameraInfo and masks matched
+"""What the localiser, pick, policy and recorder nodes share: aligned depth, CameraInfo and masks (or, for the
+mask-free policy, the colour image) matched
 by stamp (the package's ApproximateTimeSync; message_filters is not installable everywhere) and the
 camera's pose in the target frame (static extrinsic parameter, or tf2 where it is importable and asked for)."""
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
@@ -14,7 +16,7 @@ from dino_vla.config import ConfigError
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.transforms import transform_from_pose
 from dino_vla.msg import Detection, SegmentationMasks
-from dino_vla.ros.conversions import depth_image
+from dino_vla.ros.conversions import depth_image, image_to_rgb
 from dino_vla.ros.messages import intrinsics_from_msg, masks_from_msg, stamp_ns
 from dino_vla.ros.node_base import camera_qos
 from dino_vla.sync import ApproximateTimeSync
@@ -34,15 +36,27 @@ class MaskedDepth:
     detection_msgs: list[Detection]   # as received, to be republished with 3D poses
 
 
+@dataclass(frozen=True)
+class CameraView:
+    """One matched colour image + aligned depth, converted: what the mask-free policy takes."""
+
+    header: Header             # the image's header (stamp + camera frame)
+    rgb: np.ndarray            # (H, W, 3) uint8
+    frame: DepthFrame
+
+
 class DepthMaskInputs:
     """Subscribes `depth`, `camera_info` and `masks`; calls on_match(MaskedDepth) for every set whose
     stamps agree within sync_slop_s. Sets that cannot be converted are logged and skipped. `subscribe`
     replaces node.create_subscription (a managed node's input_subscription, undone on deactivate)."""
 
-    def __init__(self, node: Node, params: dict[str, Any], on_match: Callable[[MaskedDepth], None],
-                 callback_group=None, subscribe: Callable | None = None):
+    THIRD = ("masks", SegmentationMasks, 10)   # the stream matched with depth: name, type, QoS depth
+
+    def __init__(self, node: Node, params: dict[str, Any], on_match: Callable, callback_group=None,
+                 subscribe: Callable | None = None):
         self.node, self.on_match = node, on_match
-        self.sync = ApproximateTimeSync(("depth", "camera_info", "masks"),
+        name, kind, depth = self.THIRD
+        self.sync = ApproximateTimeSync(("depth", "camera_info", name),
                                         slop_ns=int(round(params["sync_slop_s"] * 1e9)),
                                         queue_size=params["sync_queue_size"], on_notice=node.report_sync)
         # a short history, not depth 1: depth must still be queued when the slower masks arrive
@@ -51,14 +65,14 @@ class DepthMaskInputs:
         subscribe(Image, "depth", lambda m: self._add("depth", m), camera, callback_group=callback_group)
         subscribe(CameraInfo, "camera_info", lambda m: self._add("camera_info", m), camera,
                   callback_group=callback_group)
-        subscribe(SegmentationMasks, "masks", lambda m: self._add("masks", m), 10, callback_group=callback_group)
+        subscribe(kind, name, lambda m: self._add(name, m), depth or camera, callback_group=callback_group)
 
     def _add(self, stream: str, msg) -> None:
         for stamp, items in self.sync.add(stream, stamp_ns(msg.header), msg):
             try:
-                matched = self._convert(items["depth"], items["camera_info"], items["masks"])
+                matched = self._convert(items["depth"], items["camera_info"], items[self.THIRD[0]])
             except ValueError as err:   # ImageConversionError is one
-                self.node.report(str(err), f"skipping depth/masks stamped {stamp * 1e-9:.3f}")
+                self.node.report(str(err), f"skipping depth/{self.THIRD[0]} stamped {stamp * 1e-9:.3f}")
                 continue
             self.on_match(matched)
 
@@ -103,3 +117,21 @@ class CameraExtrinsic:
             raise ValueError(f"no transform {camera_frame} -> {self.target} from tf2: {err}") from None
         q, p = t.rotation, t.translation
         return transform_from_pose((p.x, p.y, p.z, q.x, q.y, q.z, q.w), self.target, camera_frame)
+
+
+class DepthImageInputs(DepthMaskInputs):
+    """The same with the colour `image` in place of masks: calls on_match(CameraView)."""
+
+    THIRD = ("image", Image, 0)   # 0: the camera's QoS
+
+    @staticmethod
+    def _convert(depth: Image, info: CameraInfo, image: Image) -> CameraView:
+        if image.header.frame_id != depth.header.frame_id:
+            raise ValueError(f"the image is in {image.header.frame_id!r}, depth in {depth.header.frame_id!r}: depth "
+                             "must be aligned to the colour image")
+        frame = DepthFrame(depth_image(depth), intrinsics_from_msg(info), depth.header.frame_id)
+        rgb = image_to_rgb(image)
+        if rgb.shape[:2] != frame.metres.shape:
+            raise ValueError(f"the image is {rgb.shape[1]}x{rgb.shape[0]}, depth is "
+                             f"{frame.metres.shape[1]}x{frame.metres.shape[0]}")
+        return CameraView(image.header, rgb, frame)

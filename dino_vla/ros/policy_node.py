@@ -1,7 +1,9 @@
 """policy node: the learned VLA grasp policy (dino_vla/policy) on ROS topics, bounded and watched.
 
 DINOv2 `features` are paired by stamp with class-agnostic `masks` + aligned `depth` + `camera_info`
-(DepthMaskInputs). At rate_hz the policy decides on the newest pair for the current instruction (only when
+(DepthMaskInputs) for an object-token checkpoint, or with the colour `image` + aligned `depth` + `camera_info`
+(DepthImageInputs) for a mask-free one (the checkpoint's kind decides; no masks are subscribed then).
+At rate_hz the policy decides on the newest pair for the current instruction (only when
 the pair or the instruction is new; otherwise the last decision is published again) and publishes:
 - `policy/grasp` (GraspCommand): the decision, clipped into the workspace (above the table) and the
   gripper's opening, stamped with the perception it was made from, marked dry_run as the parameter says;
@@ -28,8 +30,9 @@ from dino_vla.config import ConfigError
 from dino_vla.msg import DinoFeatures, GraspCommand
 from dino_vla.policy.checkpoint import CheckpointError, resolve_checkpoint
 from dino_vla.policy.limits import CommandLimits
-from dino_vla.policy.runner import GraspPolicy, PolicyDecision, PolicyFailure
-from dino_vla.ros.depth_inputs import CameraExtrinsic, DepthMaskInputs, MaskedDepth
+from dino_vla.policy.runner import (GraspPolicy, MaskFreeDecision, MaskFreePolicy, PolicyDecision, PolicyFailure,
+                                   load_policy)
+from dino_vla.ros.depth_inputs import CameraExtrinsic, CameraView, DepthImageInputs, DepthMaskInputs, MaskedDepth
 from dino_vla.ros.messages import features_from_msg, grasp_rotation, grasp_to_msg, pose_msg, stamp_ns
 from dino_vla.ros.managed_node import ManagedNode
 from dino_vla.ros.node_base import run_node
@@ -41,10 +44,11 @@ _LIMITS = ("workspace_min", "workspace_max", "table_height_m", "max_opening_m", 
 
 @dataclass(frozen=True)
 class Observation:
-    """Features and masks + depth of one camera frame, paired by stamp."""
+    """Features and masks + depth (object-token policy) or image + depth (mask-free) of one camera frame,
+    paired by stamp."""
 
     features: Features
-    masked: MaskedDepth
+    view: MaskedDepth | CameraView
     received: float            # time.monotonic() when the pair was complete
 
 
@@ -54,7 +58,7 @@ class Decided:
 
     observation: Observation
     task: int                  # PolicyNode.task it was made for
-    decision: PolicyDecision | None
+    decision: PolicyDecision | MaskFreeDecision | None
     failure: str = ""           # "failed <reason>: <sentence>"
     reason: str = ""            # the failure's reason code
 
@@ -63,7 +67,7 @@ class PolicyNode(ManagedNode):
     STAGE = "policy"
 
     def __init__(self):
-        self.policy: GraspPolicy | None = None
+        self.policy: GraspPolicy | MaskFreePolicy | None = None
         super().__init__()
 
     def configure(self) -> None:
@@ -74,11 +78,13 @@ class PolicyNode(ManagedNode):
         start = time.perf_counter()
         self.get_logger().info(f"loading policy {checkpoint!r} (device {self.params['device']})")
         try:
-            self.policy = self.runtime = GraspPolicy.load(checkpoint, self.params["device"])
+            self.policy = self.runtime = load_policy(checkpoint, self.params["device"])
         except (CheckpointError, PolicyFailure) as err:
             raise ConfigError(f"parameter checkpoint: {err}") from None
-        self.get_logger().info(f"policy loaded in {time.perf_counter() - start:.1f} s; it takes features of "
-                               f"{self.policy.backbone!r}")
+        self.get_logger().info(f"{self.policy.KIND} policy loaded in {time.perf_counter() - start:.1f} s; it takes "
+                               f"features of {self.policy.backbone!r}"
+                               + (" and masks" if self.policy.needs_masks else ", the image and depth (no masks)"))
+        self.view_name = "masks + depth" if self.policy.needs_masks else "image + depth"
         self.source = f"policy {checkpoint}"
         self.extrinsic = CameraExtrinsic(self, self.params)
         self.period_s = 1.0 / self.params["rate_hz"]
@@ -90,14 +96,15 @@ class PolicyNode(ManagedNode):
 
     def activate(self) -> None:
         """Inputs start afresh: nothing received before is acted on."""
-        self.pairing = ApproximateTimeSync(("features", "masks"), int(round(self.params["sync_slop_s"] * 1e9)),
+        self.pairing = ApproximateTimeSync(("features", "view"), int(round(self.params["sync_slop_s"] * 1e9)),
                                            self.params["sync_queue_size"], on_notice=self.report_sync)
-        self.received: dict[str, float] = {}   # "features" / "masks": time.monotonic() of the newest
+        self.received: dict[str, float] = {}   # "features" / "view": time.monotonic() of the newest
         self.observation: Observation | None = None
         self.decided: Decided | None = None
         self.setpoint: Grasp | None = None      # the last one published on policy/grasp_pose
         self.command_due = False                # the current instruction's first decision is still to come
-        self.inputs = DepthMaskInputs(self, self.params, self.on_masked_depth, subscribe=self.input_subscription)
+        inputs = DepthMaskInputs if self.policy.needs_masks else DepthImageInputs
+        self.inputs = inputs(self, self.params, self.on_view, subscribe=self.input_subscription)
         self.input_subscription(DinoFeatures, "features", self.on_features, 10)
         # transient local: an instruction published before this node started (or while it was inactive)
         # still reaches it
@@ -139,14 +146,14 @@ class PolicyNode(ManagedNode):
             return
         self._pair("features", stamp_ns(msg.header), features)
 
-    def on_masked_depth(self, m: MaskedDepth) -> None:
-        self._pair("masks", stamp_ns(m.header), m)
+    def on_view(self, m: MaskedDepth | CameraView) -> None:
+        self._pair("view", stamp_ns(m.header), m)
 
     def _pair(self, stream: str, stamp: int, item) -> None:
         now = time.monotonic()
         self.received[stream] = now
         for _, pair in self.pairing.add(stream, stamp, item):
-            self.observation = Observation(pair["features"], pair["masks"], now)
+            self.observation = Observation(pair["features"], pair["view"], now)
 
     def tick(self) -> None:
         if not self.instruction:
@@ -163,7 +170,7 @@ class PolicyNode(ManagedNode):
         if d.decision is None:
             self.publish_status(d.failure)
             # the decision not to act goes out too, so that a pick waiting for this policy ends at once
-            header = Header(stamp=d.observation.masked.header.stamp, frame_id=self.params["target_frame"])
+            header = Header(stamp=d.observation.view.header.stamp, frame_id=self.params["target_frame"])
             self.grasp_publisher.publish(GraspCommand(header=header, command=GraspCommand.NONE,
                                                       dry_run=True, instruction=self.instruction,
                                                       source=self.source, reason=d.failure[len("failed "):]))
@@ -175,7 +182,7 @@ class PolicyNode(ManagedNode):
             self.publish_status(f"failed invalid_grasp: {err}")
             return
         self.setpoint = setpoint
-        header = Header(stamp=d.observation.masked.header.stamp, frame_id=grasp.frame)
+        header = Header(stamp=d.observation.view.header.stamp, frame_id=grasp.frame)
         command = grasp_to_msg(header, grasp, self.params["dry_run"], self.instruction, self.source)
         self.grasp_publisher.publish(command)
         self.pose_publisher.publish(PoseStamped(header=header, pose=pose_msg(setpoint.position,
@@ -188,7 +195,7 @@ class PolicyNode(ManagedNode):
                                        f"{grasp.position.round(3).tolist()}")
         p = grasp.position
         self.publish_status(
-            f"ok: object {d.decision.object_index} of {len(d.observation.masked.masks)} (confidence "
+            f"ok: {self.chosen(d)} (confidence "
             f"{d.decision.confidence:.2f}) for {self.instruction!r}: grasp at ({p[0]:.3f}, {p[1]:.3f}, {p[2]:.3f}) "
             f"m, width {grasp.width:.3f} m, yaw {grasp.yaw:.2f} rad, {d.decision.latency_ms:.0f} ms"
             + (f"; clamped: {', '.join(notes)}" if notes else "") + (f"; setpoint {', '.join(steps)}" if steps else ""))
@@ -199,26 +206,36 @@ class PolicyNode(ManagedNode):
         if self.observation is not None and now - self.observation.received <= max_age:
             return ""
         parts = []
-        for stream, name in (("features", "features"), ("masks", "masks + depth")):
+        for stream, name in (("features", "features"), ("view", self.view_name)):
             received = self.received.get(stream)
             if received is None:
                 parts.append(f"no {name} yet")
             elif now - received > max_age:
                 parts.append(f"{name} {now - received:.1f} s old")
-        return ", ".join(parts) or (f"features and masks + depth arrive, but none paired by stamp (within "
+        return ", ".join(parts) or (f"features and {self.view_name} arrive, but none paired by stamp (within "
                                     f"sync_slop_s) in the last {max_age:g} s")
 
     def decide(self, observation: Observation) -> Decided:
-        m = observation.masked
+        m = observation.view
         try:
             camera_to_base = self.extrinsic.camera_to_target(m.frame.frame)
         except ValueError as err:
             return self._failed(observation, "wrong_frame", str(err))
         try:
-            decision = self.policy.decide(self.instruction, observation.features, m.frame, m.masks, camera_to_base)
+            if self.policy.needs_masks:
+                decision = self.policy.decide(self.instruction, observation.features, m.frame, m.masks, camera_to_base)
+            else:
+                decision = self.policy.decide(self.instruction, observation.features, m.rgb, m.frame, camera_to_base)
         except PolicyFailure as err:
             return self._failed(observation, err.reason, str(err))
         return Decided(observation, self.task, decision)
+
+    @staticmethod
+    def chosen(d: Decided) -> str:
+        """What the decision grasps, for the status line."""
+        if isinstance(d.decision, MaskFreeDecision):
+            return f"pixel ({d.decision.pixel[0]:.0f}, {d.decision.pixel[1]:.0f})"
+        return f"object {d.decision.object_index} of {len(d.observation.view.masks)}"
 
     def _failed(self, observation: Observation, reason: str, message: str) -> Decided:
         self.report(f"{reason}: {message}", f"no decision for {self.instruction!r}", "warning")

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dino_vla.pick import FAILURE_REASONS
 from dino_vla.sim.tasks import SPLITS, draw_task
 
 DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
@@ -337,6 +338,52 @@ def test_record_sim_then_train_one_step_then_eval_it(env, tmp_path):
     assert evaluated.stdout.startswith("eval: 1 held-out scenes") and "checkpoint ck" in evaluated.stdout
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["checkpoint"] == "ck" and Path(report["backbone"]) == (tmp_path / "ck" / "backbone").resolve()
+
+
+@pytest.fixture(scope="module")
+def mask_free(env, tmp_path_factory):
+    """(working directory, the output of `train --policy mask-free`): one epoch on two recorded scenes."""
+    cwd = tmp_path_factory.mktemp("mask-free")
+    assert dino_vla("record-sim", "-n", "2", "--out", "demos", env=env, cwd=cwd).returncode == 0
+    return cwd, dino_vla("train", "demos", "--policy", "mask-free", "--out", "mf", "--epochs", "1", "--threads", "1",
+                         env=env, cwd=cwd)
+
+
+def test_train_a_mask_free_policy_then_eval_it(env, mask_free):
+    cwd, trained = mask_free
+    assert trained.returncode == 0, trained.stderr
+    final = json.loads(trained.stdout.splitlines()[-1])
+    assert final["policy"] == "mask-free" and final["final"]["epoch"] == 1 and final["final"]["step"] == 1
+    for name in ("policy.safetensors", "training_state.safetensors", "README.md", "backbone/model.safetensors"):
+        assert (cwd / "mf" / name).is_file(), name
+    assert list((cwd / "demos" / "cache").glob("patches-*.safetensors"))
+    wrong = dino_vla("train", "demos", "--policy", "mask-free", "--out", "x", "--frames-per-batch", "0", env=env,
+                     cwd=cwd)
+    assert wrong.returncode == 1 and wrong.stderr.splitlines()[-1] == "dino-vla: frames-per-batch must be >= 1, got 0"
+
+    evaluated = dino_vla("eval", "--checkpoint", "mf", "--split", "paraphrase", "-n", "1", "--json", "splits",
+                         env=env, cwd=cwd)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "eval --split paraphrase: 1 held-out tasks" in evaluated.stdout and "checkpoint mf" in evaluated.stdout
+    report = json.loads((cwd / "splits" / "paraphrase.json").read_text())
+    assert report["checkpoint"] == "mf" and len(report["episodes"]) == 1
+
+
+@pytest.mark.dds
+def test_sim_pick_with_a_mask_free_policy(env, mask_free):
+    cwd, trained = mask_free
+    assert trained.returncode == 0, trained.stderr
+    # no ground truth at run time: no stand-in masks and no perception banner; it picks or refuses
+    picked = dino_vla("sim-pick", "--grasp-source", "policy", "--policy-checkpoint", "mf", "--out", "record",
+                      env=env, cwd=cwd)
+    log = (cwd / "record" / "nodes.log").read_text()
+    assert picked.returncode in (0, 3), picked.stderr + log[-3000:]
+    assert "NOTICE" not in picked.stderr and "[localiser]" not in log and "mask-free policy loaded" in log
+    summary = json.loads(picked.stdout)
+    assert summary["perception_source"] == "policy mf"
+    assert summary["success"] or summary["failure_reason"] in FAILURE_REASONS, summary   # one epoch: any outcome
+    refused = dino_vla("sim-pick", "--policy-checkpoint", "mf", env=env, cwd=cwd)
+    assert refused.returncode == 1 and "--policy-checkpoint needs --grasp-source policy" in refused.stderr
 
 
 def test_finetune_segmenter_then_resume_then_eval_perception(env, tmp_path):

@@ -22,9 +22,10 @@ def test_launch_file_compiles_and_uses_the_graph_description(path):
     names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     assert "generate_launch_description" in {f.name for f in tree.body if isinstance(f, ast.FunctionDef)}
     assert "node_actions" in names, "nodes must come from dino_vla.graph via launch_support, not be listed by hand"
-    if "pick_graph" in names:   # every pick graph can take its grasps from the planner or the policy
+    if "pick_graph_and_params" in names:   # every pick graph can take its grasps from the planner or the policy
         arguments = next(n.value for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "ARGUMENTS")
-        assert "grasp_source" in {k.value for k in arguments.keys} and "pick_graph_params" in names
+        assert "grasp_source" in {k.value for k in arguments.keys}
+    assert "pick_graph" not in names, "pick_graph_and_params chooses the graph by the policy checkpoint's kind"
 
 
 def test_every_node_has_an_installed_executable():
