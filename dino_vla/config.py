@@ -74,8 +74,9 @@ CAMERA_POSE_IN_BASE = (0.55, 0.0, 0.95, -0.653281, -0.653281, 0.270598, 0.270598
 
 _DEVICE = ParamSpec("device", "auto", "torch device: auto (CUDA when present), cpu, cuda or cuda:N",
                     pattern=r"auto|cpu|cuda(:\d+)?", read_only=True)
-_TORCH_THREADS = ParamSpec("torch_threads", 0, "CPU threads this node's torch may use; 0 = torch's default (all "
-                           "cores). Set it when several model nodes share one CPU, or they slow each other down",
+_TORCH_THREADS = ParamSpec("torch_threads", 0, "CPU threads this node's torch may use; 0 = a quarter of the cores "
+                           "(the pick graph's four model nodes share them; at least 1). torch's own choice, every "
+                           "core in every node, makes the nodes fight over the CPU",
                            range=(0, 256), read_only=True)
 _AUTOSTART = ParamSpec("autostart", True, "a managed (lifecycle) node: true = configure (load the model) and "
                        "activate itself at start-up, exiting 1 when the model cannot load, as `ros2 run` users "

@@ -35,6 +35,20 @@ def resolve_device(device: str = "auto") -> torch.device:
     return dev
 
 
+# The model nodes of the pick graph (features, detector, segmenter, policy) that may share one CPU.
+MODEL_NODES_PER_CPU = 4
+
+
+def set_torch_threads(requested: int) -> int:
+    """Sets and returns this process's torch CPU threads: ``requested``, or for 0 the cores this process may use
+    divided among the graph's model nodes (at least 1). torch's own default, every core in every node, made
+    three perception nodes on 2 cores 15 times slower than one thread each (spinning threads fight over the
+    cores), measured with `bench --graph`."""
+    threads = requested or max(1, len(os.sched_getaffinity(0)) // MODEL_NODES_PER_CPU)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         # half precision only pays off on a GPU; CPUs without bf16/fp16 units get much slower

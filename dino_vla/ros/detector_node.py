@@ -87,8 +87,7 @@ class DetectorNode(PerceptionNode):
         self.publisher.publish(out)
         self.vision.publish(msg.header, out.detections, labels=query.phrases)
         self.frames_processed += 1
-        if self.params["publish_debug_image"]:
-            self.publish_debug(msg.header, annotate(rgb, detections))
+        self.publish_debug(msg.header, lambda: annotate(rgb, detections))
 
 
 def main(args=None) -> int:

@@ -27,8 +27,7 @@ class FeaturesNode(PerceptionNode):
         features = self.pipeline.extract_features(rgb)
         self.publisher.publish(features_to_msg(msg.header, features))
         self.frames_processed += 1
-        if self.params["publish_debug_image"]:
-            self.publish_debug(msg.header, features_to_rgb(features, rgb.shape[:2]))
+        self.publish_debug(msg.header, lambda: features_to_rgb(features, rgb.shape[:2]))
 
 
 def main(args=None) -> int:

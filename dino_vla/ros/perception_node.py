@@ -4,12 +4,12 @@ configure loads their pipeline stage; image conversion with clear, throttled rej
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
-import torch
 from sensor_msgs.msg import Image
 
-from dino_vla.models.loading import ModelUnavailableError
+from dino_vla.models.loading import ModelUnavailableError, set_torch_threads
 from dino_vla.pipeline import PerceptionPipeline, validate_image
 from dino_vla.pipeline.tracking import DetectThenTrack, TrackingSettings
 from dino_vla.ros.conversions import image_to_rgb, numpy_to_image
@@ -31,8 +31,7 @@ class PerceptionNode(ManagedNode):
         super().__init__(**kwargs)
 
     def configure(self) -> None:
-        if self.params["torch_threads"] > 0:
-            torch.set_num_threads(self.params["torch_threads"])
+        set_torch_threads(self.params["torch_threads"])
         start = time.perf_counter()
         self.get_logger().info(f"loading {self.STAGE} model {self.params['model']!r} "
                                f"(device {self.params['device']}, dtype {self.params['dtype']})")
@@ -65,6 +64,8 @@ class PerceptionNode(ManagedNode):
             self.report(str(err), f"skipping image stamped {msg.header.stamp.sec}.{msg.header.stamp.nanosec:09d}")
             return None
 
-    def publish_debug(self, header, rgb: np.ndarray) -> None:
+    def publish_debug(self, header, draw: Callable[[], np.ndarray]) -> None:
+        """Publishes ``draw()`` on ~/debug_image; it is only drawn while the parameter is on and something
+        subscribes (drawing masks on every frame cost the segmenter more than tracking did)."""
         if self.params["publish_debug_image"] and self.debug_publisher.get_subscription_count() > 0:
-            self.debug_publisher.publish(numpy_to_image(rgb, "rgb8", header))
+            self.debug_publisher.publish(numpy_to_image(draw(), "rgb8", header))

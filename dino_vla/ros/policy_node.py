@@ -21,13 +21,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import torch
 from geometry_msgs.msg import PoseStamped
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_msgs.msg import Header, String
 
 from dino_vla.config import ConfigError
 from dino_vla.msg import DinoFeatures, GraspCommand
+from dino_vla.models.loading import set_torch_threads
 from dino_vla.policy.checkpoint import CheckpointError, resolve_checkpoint
 from dino_vla.policy.limits import CommandLimits
 from dino_vla.policy.runner import (GraspPolicy, MaskFreeDecision, MaskFreePolicy, PolicyDecision, PolicyFailure,
@@ -72,8 +72,7 @@ class PolicyNode(ManagedNode):
 
     def configure(self) -> None:
         self.limits = CommandLimits.from_params(self.params)
-        if self.params["torch_threads"] > 0:
-            torch.set_num_threads(self.params["torch_threads"])
+        set_torch_threads(self.params["torch_threads"])
         checkpoint = resolve_checkpoint(self.params["checkpoint"])
         start = time.perf_counter()
         self.get_logger().info(f"loading policy {checkpoint!r} (device {self.params['device']})")

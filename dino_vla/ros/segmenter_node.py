@@ -85,8 +85,7 @@ class SegmenterNode(PerceptionNode):
         self.publisher.publish(masks_to_msg(msg.header, msg, detections, masks, self.params["model"]))
         self.vision.publish(msg.header, msg.detections, msg.instruction)
         self.frames_processed += 1
-        if self.params["publish_debug_image"]:
-            self.publish_debug(msg.header, annotate(rgb, detections, masks))
+        self.publish_debug(msg.header, lambda: annotate(rgb, detections, masks))
 
 
 def main(args=None) -> int:

@@ -67,3 +67,27 @@ def test_masks_come_for_detections_whichever_of_them_and_their_image_arrives_fir
     stamp = stamp_ns(image_msg.header)
     assert spin_until(node, lambda: any(stamp_ns(m.header) == stamp for m in masks), 60), \
         f"no masks for the frame whose {first} came first"
+
+
+def test_the_debug_image_is_drawn_for_a_subscriber_only(segmenter):
+    from types import SimpleNamespace
+
+    from dino_vla.ros.perception_node import PerceptionNode
+
+    node, camera, detections, masks = segmenter
+    debug_images: list[Image] = []
+    subscription = node.create_subscription(Image, "/segmenter/debug_image", debug_images.append, 10)
+    image_msg, detections_msg = _frame(3002)
+    assert spin_until(node, lambda: node.count_publishers("/segmenter/debug_image") > 0, 10)
+    spin_until(node, lambda: False, 1.0)   # the segmenter's publisher matches the new subscription
+    camera.publish(image_msg)
+    detections.publish(detections_msg)
+    assert spin_until(node, lambda: any(m.header == image_msg.header for m in debug_images), 60), \
+        "no debug image for a subscriber"
+    node.destroy_subscription(subscription)
+
+    drawn = []
+    unwatched = SimpleNamespace(params={"publish_debug_image": True},
+                                debug_publisher=SimpleNamespace(get_subscription_count=lambda: 0))
+    PerceptionNode.publish_debug(unwatched, image_msg.header, lambda: drawn.append(1))
+    assert drawn == [], "the debug image was drawn with nobody subscribed (it cost the segmenter most of its time)"

@@ -61,3 +61,17 @@ def test_compile_is_a_read_only_parameter_of_every_model_node():
     for stage in STAGES:
         assert validate_params(stage, {})["compile"] is False
         assert validate_params(stage, {"compile": True})["compile"] is True
+
+
+def test_torch_threads_zero_splits_the_cores_among_the_model_nodes(monkeypatch):
+    from dino_vla.models.loading import MODEL_NODES_PER_CPU, set_torch_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+        assert set_torch_threads(0) == 16 // MODEL_NODES_PER_CPU == torch.get_num_threads()
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+        assert set_torch_threads(0) == 1 == torch.get_num_threads()   # never 0 threads
+        assert set_torch_threads(3) == 3 == torch.get_num_threads()   # an explicit count is kept
+    finally:
+        torch.set_num_threads(before)
