@@ -23,21 +23,36 @@ WHITE_VALUE = 70             # median brightness splitting white from black
 def colour_name(rgb: np.ndarray, mask: np.ndarray) -> str:
     """The colour name of the (H, W, 3) uint8 RGB image's pixels under the (H, W) bool mask; "" for an empty
     mask."""
-    pixels = rgb[mask]
-    if len(pixels) == 0:
+    return _colour_of(*(code[:, 0] for code in _pixel_codes(rgb[mask][:, None])))
+
+
+def _pixel_codes(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of an (H, W, 3) RGB image: its OpenCV hue (0..179) where it is coloured, else GREY; and its
+    value (brightness)."""
+    hsv = cv2.cvtColor(rgb.astype(np.uint8, copy=False), cv2.COLOR_RGB2HSV)
+    coloured = (hsv[..., 1] >= MIN_SATURATION) & (hsv[..., 2] >= MIN_VALUE)
+    return np.where(coloured, hsv[..., 0], GREY).astype(np.uint8), hsv[..., 2]
+
+
+GREY = 255   # a hue code no colour has
+
+
+def _colour_of(hues: np.ndarray, values: np.ndarray) -> str:
+    """The colour name of pixels given by their hue codes and values; "" for none."""
+    if len(hues) == 0:
         return ""
-    hsv = cv2.cvtColor(pixels.reshape(-1, 1, 3).astype(np.uint8), cv2.COLOR_RGB2HSV).reshape(-1, 3)
-    coloured = hsv[(hsv[:, 1] >= MIN_SATURATION) & (hsv[:, 2] >= MIN_VALUE)]
-    if len(coloured) < CHROMATIC_SHARE * len(hsv):
-        return "white" if np.median(hsv[:, 2]) >= WHITE_VALUE else "black"
+    counts = np.bincount(hues, minlength=256)
+    if len(hues) - counts[GREY] < CHROMATIC_SHARE * len(hues):
+        return "white" if np.median(values) >= WHITE_VALUE else "black"
     votes: dict[str, int] = {}
     lower = 0
     for upper, name in _HUE_BINS:
-        votes[name] = votes.get(name, 0) + int(np.count_nonzero((coloured[:, 0] >= lower) & (coloured[:, 0] < upper)))
+        votes[name] = votes.get(name, 0) + int(counts[lower:upper].sum())
         lower = upper
     return max(votes, key=votes.get)
 
 
 def colour_names(rgb: np.ndarray, masks: np.ndarray) -> tuple[str, ...]:
     """colour_name of each of the (N, H, W) masks."""
-    return tuple(colour_name(rgb, m) for m in masks)
+    hues, values = _pixel_codes(rgb)   # once per image, not per mask
+    return tuple(_colour_of(hues[m], values[m]) for m in masks)

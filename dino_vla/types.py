@@ -78,12 +78,18 @@ class Masks:
         """One label image: 0 background, k >= 1 mask k-1; overlaps go to the higher-scoring detection."""
         n, h, w = self.masks.shape
         dtype = np.uint8 if n < 256 else np.uint16
-        labels = np.zeros((h, w), dtype)
+        if n == 0:
+            return np.zeros((h, w), dtype)
         order = np.arange(n) if detection_scores is None else np.argsort(detection_scores, kind="stable")
-        # paint lowest score first so the best detection ends up on top
-        for i in order:
-            labels[self.masks[i]] = i + 1
-        return labels
+        # the best detection wins an overlap: rank 1 (lowest score) .. n (highest); later masks win ties, as
+        # when painting in order. One max over the stack instead of n boolean writes: the segmenter node
+        # spent a quarter of its time here with 20 full-frame masks.
+        rank = np.empty(n, dtype)
+        rank[order] = np.arange(1, n + 1, dtype=dtype)
+        best = (self.masks * rank[:, None, None]).max(axis=0)
+        label_of_rank = np.zeros(n + 1, dtype)
+        label_of_rank[rank] = np.arange(1, n + 1, dtype=dtype)
+        return label_of_rank[best]
 
 
 DETECTED, TRACKED = "detected", "tracked"   # Provenance.kind
