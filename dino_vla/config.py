@@ -143,6 +143,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
                   "again (it runs when their detection's masks were not made here, e.g. a dropped message). "
                   "false: SAM on every detection array, tracked or not"),
         _REDETECT_EVERY,
+        ParamSpec("mask_reuse_iou", 0.9, "with tracking: a new detection whose boxes (same phrases, same order) "
+                  "each overlap the boxes SAM last segmented by this IoU keeps those masks, moved with the boxes: "
+                  "on a still scene SAM runs once, not at every re-detection; 1 = only identical boxes",
+                  range=(0.01, 1.0)),
     ),
 }
 

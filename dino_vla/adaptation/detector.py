@@ -35,6 +35,7 @@ from dino_vla.adaptation.runs import Processes, category_of, instances_of, open_
 from dino_vla.adaptation.settings import DetectorTraining
 from dino_vla.colour import colour_name
 from dino_vla.dataset.format import ABSENT, Dataset, DatasetError, RecordedFrame
+from dino_vla.geometry.boxes import box_iou
 from dino_vla.instruction import GroundingQuery, InstructionError, parse_instruction, prompt_from_phrases
 from dino_vla.language import ObjectPhrase
 from dino_vla.models.detector import GroundingDetector, max_prompt_length, prompt_length
@@ -315,15 +316,6 @@ def _train(out: Path, dataset: Dataset, model_source: str, settings: DetectorTra
     return {"out": str(out), "steps": step, "processes": processes.world, "train_frames": len(train_frames),
             "validation_frames": len(scored[1]), "minutes": round((time.monotonic() - started) / 60, 2),
             "last": history[-1] if history else {}}
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """(N, M) IoU of xyxy boxes."""
-    a, b = np.asarray(a, np.float64).reshape(-1, 4), np.asarray(b, np.float64).reshape(-1, 4)
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), -1)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), -1)   # noqa: E731
-    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
 
 
 def match(boxes: np.ndarray, scores: np.ndarray, truths: np.ndarray, iou: float = IOU) -> np.ndarray:

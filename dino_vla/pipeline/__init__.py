@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -104,8 +104,10 @@ class PerceptionPipeline:
         # measured here, where the image is: the pick sees only masks and depth
         return replace(masks, colours=colour_names(image, masks.masks))
 
-    def run(self, image: np.ndarray, instruction: str | GroundingQuery) -> PerceptionResult:
-        """Every loaded stage on one frame, with per-stage wall times in milliseconds."""
+    def run(self, image: np.ndarray, instruction: str | GroundingQuery,
+            segment: Callable[[np.ndarray, Detections], Masks] | None = None) -> PerceptionResult:
+        """Every loaded stage on one frame, with per-stage wall times in milliseconds. segment: what makes the
+        masks in place of self.segment (DetectThenTrack's, which may reuse earlier ones)."""
         query = instruction if isinstance(instruction, GroundingQuery) else parse_instruction(instruction)
         image = validate_image(image)
         timings: dict[str, float] = {}
@@ -118,7 +120,7 @@ class PerceptionPipeline:
 
         feats = timed("features", self.extract_features, image) if self.feature_extractor else None
         dets = timed("detector", self.detect, image, query)
-        masks = timed("segmenter", self.segment, image, dets) if self.segmenter else None
+        masks = timed("segmenter", segment or self.segment, image, dets) if self.segmenter else None
         timings["total"] = sum(timings.values())
         return PerceptionResult(query, dets, masks, feats, timings)
 

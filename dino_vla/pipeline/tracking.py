@@ -19,6 +19,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from dino_vla.geometry.boxes import box_iou
 from dino_vla.instruction import GroundingQuery, parse_instruction
 from dino_vla.pipeline import PerceptionPipeline, PerceptionResult, validate_image
 from dino_vla.types import DETECTED, TRACKED, Detections, Masks, Provenance
@@ -47,21 +48,26 @@ class TrackingSettings:
     enabled: bool = False
     redetect_every: int = 30          # frames from one detection to the next at most (1 = every frame)
     min_confidence: float = 0.5       # an object's tracking confidence below this: detect on that frame
+    mask_reuse_iou: float = 0.9       # a new detection whose boxes each overlap the segmented ones this much
+                                      # keeps their masks (moved): SAM runs again when the objects changed
 
     def __post_init__(self):
         if self.redetect_every < 1:
             raise ValueError(f"redetect_every must be >= 1 frame, got {self.redetect_every}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+        if not 0.0 < self.mask_reuse_iou <= 1.0:
+            raise ValueError(f"mask_reuse_iou must be in (0, 1], got {self.mask_reuse_iou}")
 
     # the node parameters (config.NODE_PARAMS) they come from; the segmenter has no confidence of its own
-    PARAMETERS = ("tracking", "redetect_every", "min_tracking_confidence")
+    PARAMETERS = ("tracking", "redetect_every", "min_tracking_confidence", "mask_reuse_iou")
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> "TrackingSettings":
         """From a node's validated parameters (detector or segmenter)."""
         return cls(params["tracking"], params["redetect_every"],
-                   params.get("min_tracking_confidence", cls.min_confidence))
+                   params.get("min_tracking_confidence", cls.min_confidence),
+                   params.get("mask_reuse_iou", cls.mask_reuse_iou))
 
 
 @dataclass(frozen=True)
@@ -242,10 +248,11 @@ class _Keyframe:
 
 @dataclass
 class _MaskKeyframe:
-    """The last masks the segmenter computed, and the detection (its stamp) they belong to."""
+    """The last masks the segmenter computed, and the detection (its stamp) they now belong to."""
 
     detection_stamp_ns: int
-    boxes: np.ndarray
+    boxes: np.ndarray          # the boxes SAM was prompted with: masks are moved from these
+    phrases: tuple[str, ...]
     masks: Masks
     image_size: tuple[int, int]
     frames: int = 0
@@ -290,13 +297,12 @@ class DetectThenTrack:
             tracked = self._track(image, query, stamp_ns)
             if tracked is not None:
                 return tracked
-        result = self.pipeline.run(image, query)
+        provenance = Provenance(DETECTED, 0, stamp_ns, stamp_ns)
+        result = self.pipeline.run(image, query, segment=lambda frame, detections: self.masks(frame, detections,
+                                                                                              provenance))
         regions = None if result.masks is None else result.masks.masks
         self._keyframe = _Keyframe(query, stamp_ns, result.detections,
                                    KeyframeTracker(image, result.detections.boxes, regions))
-        provenance = Provenance(DETECTED, 0, stamp_ns, stamp_ns)
-        if result.masks is not None:
-            self._remember_masks(image, result.detections, result.masks, provenance)
         return replace(result, provenance=provenance)
 
     def _can_track(self, image: np.ndarray, query: GroundingQuery, stamp_ns: int) -> bool:
@@ -329,22 +335,26 @@ class DetectThenTrack:
         return PerceptionResult(query, detections, masks, features, timings, provenance)
 
     def masks(self, image: np.ndarray, detections: Detections, provenance: Provenance) -> Masks:
-        """Masks of `detections`: tracked ones whose detection was segmented here before get those masks moved
-        with their boxes (until `redetect_every` frames of that); any other, SAM on this image."""
+        """Masks of `detections`: the last masks SAM made here, moved with the boxes, for tracked ones of the
+        detection they were made for (until `redetect_every` frames of it) and for a new detection of the same
+        objects (each box overlapping its segmented one by `mask_reuse_iou`: on a still scene SAM runs once);
+        SAM on this image for any other."""
         image = validate_image(image)
         key = self._mask_keyframe
-        if (self._settings.enabled and provenance.kind == TRACKED and key is not None
-                and key.detection_stamp_ns == provenance.detection_stamp_ns and len(key.boxes) == len(detections)
-                and key.image_size == image.shape[:2] and key.frames + 1 < self._settings.redetect_every):
-            key.frames += 1
-            # the same objects: their colours were measured when SAM ran (tens of ms per large mask)
-            return replace(key.masks, masks=move_masks(key.masks.masks, key.boxes, detections.boxes))
+        if self._settings.enabled and key is not None and key.image_size == image.shape[:2] \
+                and len(key.boxes) == len(detections):
+            tracked = (provenance.kind == TRACKED and key.detection_stamp_ns == provenance.detection_stamp_ns
+                       and key.frames + 1 < self._settings.redetect_every)
+            unchanged = (provenance.kind == DETECTED and key.phrases == tuple(detections.phrases)
+                         and bool(np.all(np.diag(box_iou(key.boxes, detections.boxes))
+                                         >= self._settings.mask_reuse_iou)))
+            if tracked or unchanged:
+                key.frames = key.frames + 1 if tracked else 0
+                key.detection_stamp_ns = provenance.detection_stamp_ns
+                # the same objects: their colours were measured when SAM ran (tens of ms per large mask)
+                return replace(key.masks, masks=move_masks(key.masks.masks, key.boxes, detections.boxes))
         masks = self.pipeline.segment(image, detections)
         if self._settings.enabled:
-            self._remember_masks(image, detections, masks, provenance)
+            self._mask_keyframe = _MaskKeyframe(provenance.detection_stamp_ns, detections.boxes.copy(),
+                                                tuple(detections.phrases), masks, image.shape[:2])
         return masks
-
-    def _remember_masks(self, image: np.ndarray, detections: Detections, masks: Masks,
-                        provenance: Provenance) -> None:
-        self._mask_keyframe = _MaskKeyframe(provenance.detection_stamp_ns, detections.boxes.copy(), masks,
-                                            image.shape[:2])

@@ -16,11 +16,12 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, GroundingDinoForObjectDetection
 
-from dino_vla.adaptation.detector import (Examples, FrameObject, FrameTruth, average_precision, box_iou,
+from dino_vla.adaptation.detector import (Examples, FrameObject, FrameTruth, average_precision,
                                           batched_grounding_dino_loss, evaluate_boxes, finetune_detector,
                                           instruction_prompt, match, scene_prompt)
 from dino_vla.adaptation.settings import DetectorTraining
 from dino_vla.dataset.format import Dataset, DatasetError, DatasetWriter
+from dino_vla.geometry.boxes import box_iou
 from dino_vla.dataset.sim_recording import record_sim_demonstrations
 from dino_vla.instruction import parse_instruction
 from dino_vla.models.detector import GroundingDetector, PromptCache, max_prompt_length

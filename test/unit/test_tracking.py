@@ -52,7 +52,8 @@ def test_static_scene_is_detected_every_redetect_every_frames_and_tracked_betwee
     assert kinds == [DETECTED, TRACKED, TRACKED, TRACKED] * 2 + [DETECTED]
     assert [r.provenance.frames_since_detection for r in results] == [0, 1, 2, 3] * 2 + [0]
     assert [r.provenance.detection_age_s for r in results] == pytest.approx([0, 0.1, 0.2, 0.3] * 2 + [0])
-    assert (table.detect_calls, table.segment_calls) == (3, 3)
+    # the re-detections find the same boxes: their masks are kept (SAM once on a still scene)
+    assert (table.detect_calls, table.segment_calls) == (3, 1)
     assert len(truth_detections) == 2
     for result in results:
         assert result.detections.phrases == truth_detections.phrases
@@ -60,6 +61,33 @@ def test_static_scene_is_detected_every_redetect_every_frames_and_tracked_betwee
         assert min(mask_iou(a, b) for a, b in zip(result.masks.masks, truth_masks.masks)) >= 0.9
         assert result.masks.colours == results[0].masks.colours != ()
     assert set(results[1].timings_ms) == {"tracking", "segmenter", "total"}
+
+
+def test_a_redetection_segments_again_only_when_the_objects_changed(table):
+    perception = tracker_of(table, redetect_every=2)
+    cup_only = "pick up the cup"
+    first = perception.step(table.render().rgb, cup_only, 0)
+    perception.step(table.render().rgb, cup_only, FRAME_NS)
+    table.move("cup", (0.0005, 0.0, 0.0))   # under a pixel: the same boxes at IoU >= 0.9
+    again = perception.step(table.render().rgb, cup_only, 2 * FRAME_NS)
+    assert again.provenance.kind == DETECTED and (table.detect_calls, table.segment_calls) == (2, 1)
+    assert mask_iou(again.masks.masks[0], first.masks.masks[0]) >= 0.9
+    perception.step(table.render().rgb, cup_only, 3 * FRAME_NS)
+    table.move("cup", (0.04, 0.0, 0.0))     # 4 cm: the new box no longer overlaps the segmented one enough
+    frame = table.render()
+    moved = perception.step(frame.rgb, cup_only, 4 * FRAME_NS)
+    assert moved.provenance.kind == DETECTED and (table.detect_calls, table.segment_calls) == (3, 2)
+    assert mask_iou(moved.masks.masks[0], table.sim.ground_truth("cup", frame)[1].masks[0]) >= 0.95
+    # mask_reuse_iou 1: only identical boxes keep their masks
+    strict = DetectThenTrack(perception.pipeline, TrackingSettings(True, 2, 0.5, mask_reuse_iou=1.0))
+    strict.step(frame.rgb, cup_only, 5 * FRAME_NS)
+    strict.step(frame.rgb, cup_only, 6 * FRAME_NS)
+    strict.step(frame.rgb, cup_only, 7 * FRAME_NS)
+    assert table.segment_calls == 3
+    table.move("cup", (0.003, 0.0, 0.0))
+    strict.step(table.render().rgb, cup_only, 8 * FRAME_NS)
+    strict.step(table.render().rgb, cup_only, 9 * FRAME_NS)
+    assert table.segment_calls == 4
 
 
 def test_a_moving_object_is_followed(table):
@@ -205,7 +233,8 @@ def test_tracked_frames_run_neither_detector_nor_segmenter(tiny_pipeline, sim_rg
             CallCounter(tiny_pipeline.feature_extractor.model) as features:
         results = [perception.step(sim_rgb, INSTRUCTION) for _ in range(6)]
     assert [r.provenance.kind for r in results] == [DETECTED, TRACKED, TRACKED] * 2
-    assert (detector.calls, segmenter.calls) == (2 * detections.calls, 2 * sam.calls)
+    # the second detection finds the same boxes: SAM's masks of the first are kept
+    assert (detector.calls, segmenter.calls) == (2 * detections.calls, sam.calls)
     assert features.calls == 6   # the policy's per-frame input is never carried over
     for result in results:
         np.testing.assert_array_equal(result.detections.boxes, per_frame.detections.boxes)
@@ -228,13 +257,16 @@ def test_settings_come_from_the_node_parameters():
     params = config.validate_params("detector", {"tracking": True, "redetect_every": 5,
                                                  "min_tracking_confidence": 0.7})
     assert TrackingSettings.from_params(params) == TrackingSettings(True, 5, 0.7)
+    params = config.validate_params("segmenter", {"tracking": True, "mask_reuse_iou": 0.8})
+    assert TrackingSettings.from_params(params) == TrackingSettings(True, mask_reuse_iou=0.8)
     for name in TrackingSettings.PARAMETERS:
-        assert name in config.defaults("detector")
+        assert name in config.defaults("detector") or name in config.defaults("segmenter")
     with pytest.raises(config.ConfigError, match="redetect_every"):
         config.validate_params("segmenter", {"redetect_every": 0})
 
 
-@pytest.mark.parametrize("bad", [dict(redetect_every=0), dict(min_confidence=1.5), dict(min_confidence=-0.1)])
+@pytest.mark.parametrize("bad", [dict(redetect_every=0), dict(min_confidence=1.5), dict(min_confidence=-0.1),
+                                 dict(mask_reuse_iou=0.0), dict(mask_reuse_iou=1.5)])
 def test_settings_refuse_impossible_values(bad):
     with pytest.raises(ValueError):
         TrackingSettings(True, **bad)
