@@ -80,9 +80,11 @@ class CameraStreamProbe:
 
     def warm_up(self, timeout_s: float = 300.0, patience_s: float = 5.0) -> float:
         """Frames that are not part of the stream, one at a time, until one has been answered by every stage
-        (the first calls pay for lazy initialisation); a frame not answered within `patience_s` (dropped, or
-        still in work) is followed by another. Once the latest is answered no older one is in flight: the
-        stream starts on an idle graph. Returns the seconds that took."""
+        (the first calls pay for lazy initialisation); a frame not answered within the patience (dropped, or
+        still in work) is followed by another, and the patience doubles from `patience_s`: a graph slower than
+        it per frame (real sizes on a CPU) would otherwise never answer the latest frame in time. Once the
+        latest is answered no older one is in flight: the stream starts on an idle graph. Returns the seconds
+        that took."""
         start = time.monotonic()
         deadline = start + timeout_s
         while time.monotonic() < deadline:
@@ -91,6 +93,7 @@ class CameraStreamProbe:
             if self._spin_until(min(deadline, time.monotonic() + patience_s),
                                 lambda: len(self._warm_up_answers[stamp]) == len(GRAPH_OUTPUTS)):
                 return time.monotonic() - start
+            patience_s *= 2
         silent = set(GRAPH_OUTPUTS) - set().union(*self._warm_up_answers.values())
         raise RuntimeError(f"warm-up: in {timeout_s:.0f} s no frame was answered by every stage"
                            + (f" (nothing at all from {', '.join(sorted(silent))})" if silent else ""))
