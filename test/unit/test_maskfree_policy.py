@@ -12,7 +12,8 @@ from dino_vla.dataset.sim_recording import record_sim_demonstrations
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.policy.checkpoint import CheckpointError, load_checkpoint, random_checkpoint, read_info, save_checkpoint
 from dino_vla.policy.maskfree_model import MASK_FREE, MaskFreeBatch, MaskFreeConfig, MaskFreePolicyNet
-from dino_vla.policy.maskfree_train import (NONE, MaskFreeSettings, cached_patch_table, evaluate_patch_table,
+from dino_vla.policy.maskfree_train import (NONE, MaskFreeSettings, best_refusal_shift, cached_patch_table,
+                                           calibrate_refusal, evaluate_patch_table, refusal_margins,
                                             heatmap_target, train_mask_free)
 from dino_vla.policy.patches import (CAMERA_DIM, OFFSET_DIM, NoDepthError, PatchGrid, camera_channels, grasp_at,
                                      grasp_offsets, project)
@@ -210,6 +211,13 @@ def test_training_fits_a_few_demonstrations_and_resumes(demos, tiny_models, tmp_
     assert int((table.episode_target == NONE).sum()) == sum(e.target_object == ABSENT for e in Dataset(demos).episodes)
     fit = evaluate_patch_table(net, table, torch.arange(len(table)))
     assert fit["patch_accuracy"] > 0.8 and fit["none_accuracy"] == 1.0, fit   # by chance: 1 in 256
+    # calibrating the refusal on episodes it decides rightly keeps every decision right
+    bias = float(net.none_bias)
+    calibration = calibrate_refusal(net, table, torch.arange(len(table)))
+    assert calibration["wrong_decisions_after"] == calibration["wrong_decisions_before"] == 0, calibration
+    assert float(net.none_bias) == pytest.approx(bias + calibration["shift"], abs=1e-5)
+    margins, absent = refusal_margins(net, table, torch.arange(len(table)))
+    assert np.array_equal(margins > 0, absent)
     # resumed from the end of epoch 1, a run ends where the straight run of the same length ends
     short = TrainSettings(epochs=2, validation_fraction=0.0)
     train_mask_free(str(demos), str(tmp_path / "straight"), tiny_models.features, short, network)
@@ -218,3 +226,14 @@ def test_training_fits_a_few_demonstrations_and_resumes(demos, tiny_models, tmp_
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
     a, b = load_checkpoint(tmp_path / "straight")[0].state_dict(), load_checkpoint(tmp_path / "resumed")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_refusal_shift_makes_the_fewest_wrong_refuse_or_grasp_decisions():
+    # present objects (False) refused at margins > 0: 0.5 and 1.0 wrongly; absent ones grasped at -2
+    margins = np.array([-3.0, -1.0, 0.5, 1.0, 2.0, 3.0, -2.0])
+    absent = np.array([False, False, False, False, True, True, True])
+    shift, before, after = best_refusal_shift(margins, absent)
+    assert before == 3 and after == 1   # the -2 absent one sits between present ones: one error must stay
+    assert np.count_nonzero((margins + shift > 0) != absent) == after and -2.0 < shift < -1.0
+    # already right: no shift
+    assert best_refusal_shift(np.array([-1.0, 1.0]), np.array([False, True]))[0] == 0.0
