@@ -212,10 +212,10 @@ def test_training_fits_a_few_demonstrations_and_resumes(demos, tiny_models, tmp_
     fit = evaluate_patch_table(net, table, torch.arange(len(table)))
     assert fit["patch_accuracy"] > 0.8 and fit["none_accuracy"] == 1.0, fit   # by chance: 1 in 256
     # calibrating the refusal on episodes it decides rightly keeps every decision right
-    bias = float(net.none_bias)
+    bias = float(net.none_bias.detach())
     calibration = calibrate_refusal(net, table, torch.arange(len(table)))
     assert calibration["wrong_decisions_after"] == calibration["wrong_decisions_before"] == 0, calibration
-    assert float(net.none_bias) == pytest.approx(bias + calibration["shift"], abs=1e-5)
+    assert float(net.none_bias.detach()) == pytest.approx(bias + calibration["shift"], abs=1e-5)
     margins, absent = refusal_margins(net, table, torch.arange(len(table)))
     assert np.array_equal(margins > 0, absent)
     # resumed from the end of epoch 1, a run ends where the straight run of the same length ends
