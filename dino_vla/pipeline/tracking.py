@@ -336,7 +336,7 @@ class DetectThenTrack:
 
     def masks(self, image: np.ndarray, detections: Detections, provenance: Provenance) -> Masks:
         """Masks of `detections`: the last masks SAM made here, moved with the boxes, for tracked ones of the
-        detection they were made for (until `redetect_every` frames of it) and for a new detection of the same
+        detection they were made for (until `redetect_every` frames of it) and for any detections of the same
         objects (each box overlapping its segmented one by `mask_reuse_iou`: on a still scene SAM runs once);
         SAM on this image for any other."""
         image = validate_image(image)
@@ -345,11 +345,12 @@ class DetectThenTrack:
                 and len(key.boxes) == len(detections):
             tracked = (provenance.kind == TRACKED and key.detection_stamp_ns == provenance.detection_stamp_ns
                        and key.frames + 1 < self._settings.redetect_every)
-            unchanged = (provenance.kind == DETECTED and key.phrases == tuple(detections.phrases)
+            # detected or tracked from a detection this node did not see (it was busy with SAM meanwhile)
+            unchanged = (key.phrases == tuple(detections.phrases)
                          and bool(np.all(np.diag(box_iou(key.boxes, detections.boxes))
                                          >= self._settings.mask_reuse_iou)))
             if tracked or unchanged:
-                key.frames = key.frames + 1 if tracked else 0
+                key.frames = 0 if unchanged else key.frames + 1
                 key.detection_stamp_ns = provenance.detection_stamp_ns
                 # the same objects: their colours were measured when SAM ran (tens of ms per large mask)
                 return replace(key.masks, masks=move_masks(key.masks.masks, key.boxes, detections.boxes))

@@ -9,6 +9,7 @@ import pytest
 from dino_vla import config
 from dino_vla.instruction import parse_instruction
 from dino_vla.pipeline import PerceptionPipeline
+from dino_vla.geometry.boxes import box_iou
 from dino_vla.pipeline.tracking import DetectThenTrack, KeyframeTracker, TrackingSettings, move_masks
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import random_scene
@@ -150,31 +151,38 @@ def test_a_lost_track_below_min_confidence_only(table):
 
 def test_masks_of_tracked_detections_are_moved_with_their_boxes(table):
     """What the segmenter node does with the detector node's output: SAM for detected arrays, the detection's
-    masks moved for tracked ones of that detection, SAM again for tracked ones of a detection it never saw."""
+    masks moved for tracked ones of that detection and for any of the same objects (boxes overlapping the
+    segmented ones by mask_reuse_iou), SAM again for other boxes of a detection it never saw."""
     perception = tracker_of(table, redetect_every=3)
     frame = table.render()
     detections = table.detect(frame.rgb, ("cup", "block"))
     first = perception.masks(frame.rgb, detections, Provenance(DETECTED, 0, 10, 10))
     assert table.segment_calls == 1
-    shifted = Detections(detections.boxes + np.array([3, -2, 3, -2], np.float32), detections.scores,
-                         detections.phrases, detections.image_size)
-    moved = perception.masks(frame.rgb, shifted, Provenance(TRACKED, 1, 10, 20))
+
+    def shifted(dx: int, dy: int) -> Detections:
+        return Detections(detections.boxes + np.array([dx, dy, dx, dy], np.float32), detections.scores,
+                          detections.phrases, detections.image_size)
+
+    far = shifted(8, -6)
+    assert np.diag(box_iou(detections.boxes, far.boxes)).min() < 0.9   # not the same objects' boxes
+    moved = perception.masks(frame.rgb, far, Provenance(TRACKED, 1, 10, 20))
     assert table.segment_calls == 1
-    np.testing.assert_array_equal(moved.masks, np.roll(first.masks, (-2, 3), axis=(1, 2)))
+    np.testing.assert_array_equal(moved.masks, np.roll(first.masks, (-6, 8), axis=(1, 2)))
     np.testing.assert_array_equal(moved.scores, first.scores)
-    perception.masks(frame.rgb, detections, Provenance(TRACKED, 2, 10, 30))
+    perception.masks(frame.rgb, far, Provenance(TRACKED, 2, 10, 30))
     assert table.segment_calls == 1
-    # redetect_every frames after SAM ran, it runs again
-    perception.masks(frame.rgb, detections, Provenance(TRACKED, 3, 10, 40))
+    # redetect_every frames after SAM ran, boxes that moved away are segmented again
+    perception.masks(frame.rgb, far, Provenance(TRACKED, 3, 10, 40))
     assert table.segment_calls == 2
-    # tracked boxes of a detection it has no masks of
+    # tracked boxes of a detection it has no masks of: SAM where they moved, the masks kept where they did not
     perception.masks(frame.rgb, detections, Provenance(TRACKED, 1, 40, 50))
     assert table.segment_calls == 3
-    perception.masks(frame.rgb, detections, Provenance(TRACKED, 2, 40, 60))
+    perception.masks(frame.rgb, shifted(0, 1), Provenance(TRACKED, 4, 60, 70))
+    perception.masks(frame.rgb, detections, Provenance(DETECTED, 0, 80, 80))
     assert table.segment_calls == 3
     # tracking off: SAM on everything, tracked or not
     perception.settings = TrackingSettings(False)
-    perception.masks(frame.rgb, detections, Provenance(TRACKED, 3, 40, 70))
+    perception.masks(frame.rgb, detections, Provenance(TRACKED, 3, 80, 90))
     assert table.segment_calls == 4
 
 
