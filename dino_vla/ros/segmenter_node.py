@@ -66,6 +66,12 @@ class SegmenterNode(PerceptionNode):
         if image_msg is not None:
             self.segment(msg, image_msg)
             return
+        if self.images and key[:2] < next(iter(self.images))[:2]:
+            # older than every cached image: its image came and was pushed out (images arrive in order)
+            self.report(f"their image left the cache of {self.params['image_cache_size']} images before they "
+                        "came (raise image_cache_size to cover camera rate x detector latency)",
+                        f"skipping detections stamped {key[0]}.{key[1]:09d}", "warning")
+            return
         self.waiting[key] = msg
         while len(self.waiting) > self.params["image_cache_size"]:
             old = self.waiting.popitem(last=False)[1].header.stamp

@@ -22,6 +22,7 @@ from dino_vla.types import Detections
 from support.ros import spin_until
 
 IMAGE_TOPIC = "/pairing_camera/image"
+LOGS = []   # the segmenter's log file
 pytestmark = pytest.mark.dds
 
 
@@ -41,6 +42,7 @@ def segmenter(dds_env, tiny_models, tmp_path_factory):
     detections = node.create_publisher(DetectionArray, "/detections", reliable)
     assert spin_until(node, lambda: camera.get_subscription_count() > 0 and detections.get_subscription_count() > 0
                       and masks is not None, 30), "the segmenter's subscriptions were not discovered"
+    LOGS.append(log)
     yield node, camera, detections, masks
     node.destroy_node()
     running.stop()
@@ -91,3 +93,23 @@ def test_the_debug_image_is_drawn_for_a_subscriber_only(segmenter):
                                 debug_publisher=SimpleNamespace(get_subscription_count=lambda: 0))
     PerceptionNode.publish_debug(unwatched, image_msg.header, lambda: drawn.append(1))
     assert drawn == [], "the debug image was drawn with nobody subscribed (it cost the segmenter most of its time)"
+
+
+def test_detections_older_than_every_cached_image_are_reported_at_once(segmenter):
+    """A detector slower than image_cache_size frames (real sizes on a CPU at 30 Hz): the detections' image has
+    left the cache; they were kept waiting for it silently and never segmented."""
+    node, camera, detections, masks = segmenter
+    stale_image, stale = _frame(3100)
+    for sec in range(3101, 3101 + 31):   # image_cache_size 30: 3100 and its successors are pushed out
+        image_msg, _ = _frame(sec)
+        camera.publish(image_msg)
+        spin_until(node, lambda: False, 0.02)
+    spin_until(node, lambda: False, 1.0)
+    detections.publish(stale)
+    log = LOGS[-1]
+
+    def reported() -> bool:
+        log.flush()
+        log.seek(0)
+        return "left the cache of 30 images" in log.read()
+    assert spin_until(node, reported, 20), "stale detections were not reported"
