@@ -75,7 +75,9 @@ def save_checkpoint(directory: str | Path, net: GraspPolicyNet | MaskFreePolicyN
         tuned_backbone.model.save_pretrained(directory / BACKBONE_DIR, safe_serialization=True)
         tuned_backbone.processor.save_pretrained(directory / BACKBONE_DIR)
         backbone = BACKBONE_DIR
-    elif Path(backbone).is_dir() and Path(backbone).resolve() != (directory / BACKBONE_DIR).resolve():
+    elif Path(backbone).is_dir() and Path(backbone).resolve() == (directory / BACKBONE_DIR).resolve():
+        backbone = BACKBONE_DIR   # its own copy (a resumed run): relative, so the checkpoint can be moved
+    elif Path(backbone).is_dir():
         # a local directory (random weights, or a backbone pretrained here) cannot be fetched by name: the
         # checkpoint carries the model's own files, not what its training left beside them
         shutil.rmtree(directory / BACKBONE_DIR, ignore_errors=True)

@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from dino_vla.dataset.format import ABSENT, Dataset
 from dino_vla.dataset.sim_recording import record_sim_demonstrations
@@ -224,6 +225,8 @@ def test_training_fits_a_few_demonstrations_and_resumes(demos, tiny_models, tmp_
     train_mask_free(str(demos), str(tmp_path / "resumed"), tiny_models.features, short, network, stop_after_epoch=1)
     resumed = train_mask_free(str(demos), str(tmp_path / "resumed"), tiny_models.features, resume=True)
     assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    with safe_open(str(tmp_path / "resumed" / "policy.safetensors"), "pt") as f:
+        assert f.metadata()["backbone"] == "backbone"   # its own copy, relative: the checkpoint can be moved
     a, b = load_checkpoint(tmp_path / "straight")[0].state_dict(), load_checkpoint(tmp_path / "resumed")[0].state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
