@@ -28,7 +28,7 @@ from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
 from dino_vla.models.features import DinoFeatures
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
-from dino_vla.policy.checkpoint import load_checkpoint, read_info, save_checkpoint
+from dino_vla.policy.checkpoint import load_checkpoint, save_checkpoint
 from dino_vla.policy.maskfree_model import (MASK_FREE_TOKENS_VERSION, MaskFreeBatch, MaskFreeConfig,
                                             MaskFreePolicyNet)
 from dino_vla.policy.patches import OFFSET_DIM, PatchGrid, camera_channels, grasp_offsets
@@ -344,9 +344,9 @@ def train_mask_free(dataset_dir: str, out: str, backbone: str, settings: TrainSe
     training = {"dataset": str(Path(dataset_dir).resolve()), "dataset_source": dataset.info.get("source"),
                 "settings": asdict(settings), "network": asdict(network), "tokens": stats,
                 "train_episodes": len(train_eps), "validation_episodes": len(val_eps),
-                "history": read_info(out).training.get("history", []) if resume else []}
-    if resume and "refusal_calibration" in read_info(out).training:
-        training["refusal_calibration"] = read_info(out).training["refusal_calibration"]
+                "history": info.training.get("history", []) if resume else []}
+    if resume and "refusal_calibration" in info.training:
+        training["refusal_calibration"] = info.training["refusal_calibration"]
     net.train()
     bar = tqdm(total=total_steps, initial=step, desc="training mask-free", unit="step", file=sys.stderr)
     while step < total_steps:

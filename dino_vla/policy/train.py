@@ -367,7 +367,7 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
                 "settings": asdict(settings), "tokens": stats, "train_episodes": len(train_eps),
                 "validation_episodes": len(val_eps), "history": []}
     if resume:
-        training["history"] = read_info(out).training.get("history", [])
+        training["history"] = info.training.get("history", [])
     net.train()
     bar = tqdm(total=total_steps, initial=step, desc="training", unit="step", file=sys.stderr)
     while step < total_steps:
