@@ -27,6 +27,16 @@ RVIZ_GRAPH_TOPICS = ("/features/debug_image", "/detector/debug_image", "/segment
                      "/object_cloud", "/grasp_pose", "/policy/grasp_pose")
 
 
+def end_launch_once(context: LaunchContext, reason: str) -> list:
+    """A Shutdown event, unless one was already emitted: nodes that exit together (SIGINT to the process
+    group) each see the launch still running, and a second Shutdown makes launch_ros shut its ROS adapter
+    twice, which fails the whole launch with exit code 1."""
+    if context.is_shutdown or getattr(context.locals, "dino_vla_ending", False):
+        return []
+    context.extend_globals({"dino_vla_ending": True})
+    return [EmitEvent(event=Shutdown(reason=reason))]
+
+
 def end_launch_when_exited(node_name: str) -> Callable[[ProcessExited, LaunchContext], list | None]:
     """Every node of a graph is required: one that exits while the launch runs (a model that cannot load
     exits 1 at start-up) ends the launch at once, with the reason in its log, instead of leaving the others
@@ -38,7 +48,7 @@ def end_launch_when_exited(node_name: str) -> Callable[[ProcessExited, LaunchCon
         logger = launch.logging.get_logger("launch")
         # exit code 0: the node was stopped on purpose (SIGINT to it or its process group), not a failure
         (logger.error if event.returncode else logger.info)(f"{reason}: ending the launch")
-        return [EmitEvent(event=Shutdown(reason=reason))]
+        return end_launch_once(context, reason)
     return on_exit
 
 
@@ -69,7 +79,8 @@ def activate_when_started(node: LifecycleNode, node_name: str) -> list:
         RegisterEventHandler(OnStateTransition(target_lifecycle_node=node, start_state="configuring",
                                                goal_state="unconfigured",
                                                entities=[LogInfo(msg=f"{reason}: ending the launch"),
-                                                         EmitEvent(event=Shutdown(reason=reason))])),
+                                                         OpaqueFunction(function=lambda context:
+                                                                        end_launch_once(context, reason))])),
         change(Transition.TRANSITION_CONFIGURE),
     ]
 
