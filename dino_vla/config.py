@@ -172,7 +172,12 @@ def _camera_inputs() -> tuple[ParamSpec, ...]:
 
 def _localisation() -> tuple[ParamSpec, ...]:
     """What every node that turns masks + depth into 3D objects needs (localiser, pick, recorder)."""
-    return _camera_inputs() + (
+    return _camera_inputs() + _depth_points()
+
+
+def _depth_points() -> tuple[ParamSpec, ...]:
+    """Which depth readings under a mask make an object's points (pick.localiser_settings)."""
+    return (
         ParamSpec("depth_min_m", 0.1, "nearer depth is invalid", range=(0.0, 10.0)),
         ParamSpec("depth_max_m", 3.0, "farther depth is invalid", range=(0.01, 20.0)),
         ParamSpec("min_points", 30, "fewer valid points in a mask: no 3D object", range=(1, 100000)),
@@ -183,6 +188,15 @@ def _localisation() -> tuple[ParamSpec, ...]:
         ParamSpec("cluster_eps_m", 0.02, "only the largest cluster of a mask's points (DBSCAN, neighbours within "
                   "this distance) is the object: a mask bleeding past the outline takes in surfaces behind it. "
                   "0: every point after outlier removal", range=(0.0, 1.0)),
+    )
+
+
+def _fingers() -> tuple[ParamSpec, ...]:
+    """The gripper as the geometric grasp planner sizes a grasp (pick, and the policy's depth geometry)."""
+    return (
+        ParamSpec("gripper_finger_length_m", 0.05, "how far the fingers reach below the tool centre point",
+                  range=(0.005, 0.5)),
+        ParamSpec("gripper_clearance_m", 0.01, "added to the object's width when opening", range=(0.0, 0.1)),
     )
 
 
@@ -206,10 +220,7 @@ NODE_PARAMS.update({
         ParamSpec("dry_run", True, "send grasp commands marked dry_run (executors log, nothing moves); "
                   "on by default so a real arm never moves unless asked to"),
         ParamSpec("gripper_max_width_m", 0.12, "widest opening between the finger pads", range=(0.005, 0.5)),
-        ParamSpec("gripper_finger_length_m", 0.05, "how far the fingers reach below the tool centre point",
-                  range=(0.005, 0.5)),
-        ParamSpec("gripper_clearance_m", 0.01, "added to the object's width when opening", range=(0.0, 0.1)),
-    ) + _cell() + (
+    ) + _fingers() + _cell() + (
         ParamSpec("grasp_source", "planner", "where a pick's grasp comes from: planner (the geometric "
                   "planner on the instruction target's mask + depth) or policy (the newest grasp on "
                   "`policy/grasp` made for the goal's instruction after the goal started)",
@@ -264,7 +275,11 @@ NODE_PARAMS.update({
                   "two publications", range=(0.001, 10.0)),
         ParamSpec("max_yaw_rate_rps", 1.0, "the setpoint on `policy/grasp_pose` turns at most this fast (yaw "
                   "modulo pi: the gripper is symmetric)", range=(0.001, 50.0)),
-    ),
+        ParamSpec("grasp_geometry", "depth", "a mask-free policy's grasp pose: depth (the geometric planner, "
+                  "as the pick node's, on the object the depth shows where the policy points; the learned pose "
+                  "where it finds none) or learned (the network's regressed offset). The object-token policy "
+                  "ignores it", choices=("depth", "learned"), read_only=True),
+    ) + _fingers() + _depth_points(),
     "recorder": _localisation() + (
         ParamSpec("output_dir", "", "dataset directory (required): dino_vla.dataset.format",
                   read_only=True),

@@ -11,6 +11,7 @@ import numpy as np
 from dino_vla.config import ConfigError
 from dino_vla.geometry.grasp_planner import GraspPlanner, GraspRefused, GripperSpec, Workspace
 from dino_vla.geometry.depth import DepthFrame
+from dino_vla.geometry.depth_region import RegionSettings, object_region
 from dino_vla.geometry.grounding import Candidate, GroundingFailure, ViewAxes, choose, distinct, fits_colour
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, localise
 from dino_vla.instruction import GroundingQuery
@@ -131,6 +132,23 @@ class PickPlanner:
         except GraspRefused as err:
             raise PickFailure(err.reason, str(err)) from None
         return PickPlan(query.target, chosen.obj, chosen.index, grasp, len(found))
+
+    def plan_at_pixel(self, frame: DepthFrame, pixel: tuple[float, float], phrase: str, score: float,
+                      camera_to_target: RigidTransform, region: RegionSettings = RegionSettings()) -> Grasp:
+        """The planner's grasp of the object the depth shows at pixel (u, v) (geometry.depth_region): for a
+        pointer without masks, the mask-free policy. PickFailure no_points (nothing above the table there,
+        too few points) or the planner's refusal."""
+        if frame.frame != camera_to_target.child:
+            raise PickFailure("wrong_frame", f"depth is in {frame.frame!r}, the camera pose is for "
+                                             f"{camera_to_target.child!r}")
+        try:
+            mask = object_region(frame, camera_to_target, self.settings.workspace.table_height_m, pixel, region)
+            return self.grasp_planner.plan(localise(frame, mask, phrase, score, self.settings.localiser)
+                                           .transformed(camera_to_target))
+        except NoPointsError as err:
+            raise PickFailure("no_points", str(err)) from None
+        except GraspRefused as err:
+            raise PickFailure(err.reason, str(err)) from None
 
     def _candidates(self, frame: DepthFrame, detections: Detections, masks: Masks, label: str,
                     phrase: ObjectPhrase, camera_to_target: RigidTransform

@@ -20,6 +20,10 @@ def add_parser(subparsers) -> None:
                    help="tasks where the words matter (sim.tasks): the policy and the geometric pick (stand-in "
                    "perception, resolving colour, size and relations itself) on the same scenes, one report per "
                    "split; 'all' runs every split")
+    p.add_argument("--grasp-geometry", choices=("depth", "learned"), default="depth",
+                   help="a mask-free policy's grasp pose: depth (default, as the policy node's grasp_geometry: "
+                   "the geometric planner on the object the depth shows where the policy points) or learned (the "
+                   "network's regressed offset there)")
     add_config_option(p, ("perception.yaml", "pick.yaml", "sim.yaml"))
     add_device_option(p, "cpu")
     p.add_argument("--json", help="also write every episode to this JSON file; with --split, a folder that gets "
@@ -40,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
     if args.split:
         return _splits(args, params, checkpoint)
     try:
-        result = evaluate(checkpoint, params, args.scenes, args.first_seed, args.paraphrases, args.device)
+        result = evaluate(checkpoint, params, args.scenes, args.first_seed, args.paraphrases, args.device,
+                          grasp_geometry=args.grasp_geometry)
     except (CheckpointError, PolicyFailure) as err:
         fail(f"checkpoint {checkpoint!r}: {err}")
     print(f"eval: {args.scenes} held-out scenes (seeds {args.first_seed}..), 2-5 distractors, "
@@ -60,7 +65,7 @@ def _splits(args: argparse.Namespace, params: dict, checkpoint: str) -> int:
     from dino_vla.models.features import DinoFeatures
     from dino_vla.pick import PickPlanner, PickSettings
     from dino_vla.policy.checkpoint import CheckpointError
-    from dino_vla.policy.runner import PolicyFailure, load_policy
+    from dino_vla.policy.runner import DEPTH, MaskFreePolicy, PolicyFailure, load_policy
     from dino_vla.sim.scene import CAMERA_FRAME
 
     camera_pose = transform_from_pose(params["camera_pose_in_target"], params["target_frame"], CAMERA_FRAME)
@@ -69,12 +74,15 @@ def _splits(args: argparse.Namespace, params: dict, checkpoint: str) -> int:
         features = DinoFeatures.load(policy.backbone, device=args.device)
     except (CheckpointError, PolicyFailure) as err:
         fail(f"checkpoint {checkpoint!r}: {err}")
-    methods = {POLICY: policy_method(policy, features, camera_pose),
-               GEOMETRIC: geometric_method(PickPlanner(PickSettings.from_params(params)), camera_pose)}
+    planner = PickPlanner(PickSettings.from_params(params))
+    methods = {POLICY: policy_method(policy, features, camera_pose,
+                                     planner if args.grasp_geometry == DEPTH else None),
+               GEOMETRIC: geometric_method(planner, camera_pose)}
+    about = {"grasp_geometry": args.grasp_geometry} if isinstance(policy, MaskFreePolicy) else {}
     labels = {GEOMETRIC: "geometric pick (stand-in perception)"}
     for split in SPLITS if args.split == "all" else (args.split,):
         result = evaluate_split(split, methods, args.scenes, args.first_seed, checkpoint=checkpoint,
-                                backbone=policy.backbone)
+                                backbone=policy.backbone, **about)
         print(f"eval --split {split}: {args.scenes} held-out tasks (seeds {args.first_seed}..), "
               f"checkpoint {checkpoint}")
         print("\n".join(table_lines(result, labels)))

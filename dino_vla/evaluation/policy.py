@@ -18,7 +18,7 @@ from dino_vla.instruction import parse_instruction
 from dino_vla.models.features import DinoFeatures
 from dino_vla.pick import PickFailure, PickPlanner, PickSettings
 from dino_vla.evaluation.splits import policy_decision
-from dino_vla.policy.runner import GraspPolicy, MaskFreePolicy, PolicyFailure, load_policy
+from dino_vla.policy.runner import DEPTH, GraspPolicy, MaskFreePolicy, PolicyFailure, load_policy
 from dino_vla.sim.mujoco_sim import TabletopSim
 from dino_vla.sim.scene import CAMERA_FRAME, varied_scene
 from dino_vla.sim.stand_in import ground_truth_perception
@@ -28,7 +28,7 @@ POLICY, BASELINE = "policy", "baseline"
 
 
 def policy_episode(seed: int, policy: GraspPolicy | MaskFreePolicy, features: DinoFeatures, planner: PickPlanner,
-                   camera_pose, paraphrases: str) -> Episode:
+                   camera_pose, paraphrases: str, grasp_geometry: str = DEPTH) -> Episode:
     spec, rng = varied_scene(seed)
     target = spec.target
     instruction, _ = paraphrase(target, rng, paraphrases)
@@ -39,7 +39,7 @@ def policy_episode(seed: int, policy: GraspPolicy | MaskFreePolicy, features: Di
         objects = len(sim.ground_truth_all(frame)[0])
         try:
             decision, chosen, decided_ms = policy_decision(policy, features, instruction, sim, frame, depth,
-                                                           camera_pose)
+                                                           camera_pose, planner if grasp_geometry == DEPTH else None)
             by_policy = executed(sim.execute(decision.grasp), target, chosen == target, decided_ms,
                                  confidence=decision.confidence)
         except PolicyFailure as err:
@@ -60,17 +60,20 @@ def policy_episode(seed: int, policy: GraspPolicy | MaskFreePolicy, features: Di
 
 
 def evaluate(checkpoint: str, pick_params: dict, scenes: int = 100, first_seed: int = EVAL_FIRST_SEED,
-             paraphrases: str = "eval", device: str = "cpu", progress: bool = True) -> dict:
+             paraphrases: str = "eval", device: str = "cpu", progress: bool = True, grasp_geometry: str = DEPTH
+             ) -> dict:
     """The policy in `checkpoint` (a directory) and the planner (pick node parameters `pick_params`) on
     `scenes` seeded scenes, instructions from the `paraphrases` templates; the report of evaluation.episodes
-    (methods policy, baseline)."""
+    (methods policy, baseline). grasp_geometry: a mask-free policy's (runner.GRASP_GEOMETRIES)."""
     policy = load_policy(checkpoint, device=device)
     features = DinoFeatures.load(policy.backbone, device=device)
     planner = PickPlanner(PickSettings.from_params(pick_params))
     camera_pose = transform_from_pose(pick_params["camera_pose_in_target"], pick_params["target_frame"],
                                       CAMERA_FRAME)
     episodes = run_episodes(range(first_seed, first_seed + scenes),
-                            lambda seed: policy_episode(seed, policy, features, planner, camera_pose, paraphrases),
+                            lambda seed: policy_episode(seed, policy, features, planner, camera_pose, paraphrases,
+                                                        grasp_geometry),
                             "evaluating", progress)
     return report(episodes, (POLICY, BASELINE), baseline=BASELINE, checkpoint=checkpoint, backbone=policy.backbone,
-                  paraphrases=paraphrases, first_seed=first_seed)
+                  paraphrases=paraphrases, first_seed=first_seed,
+                  **({"grasp_geometry": grasp_geometry} if isinstance(policy, MaskFreePolicy) else {}))

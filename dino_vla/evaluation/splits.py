@@ -53,7 +53,7 @@ def geometric_method(planner: PickPlanner, camera_pose: RigidTransform) -> Metho
 
 
 def policy_decision(policy, features, instruction: str, sim: TabletopSim, frame: RenderedFrame, depth: DepthFrame,
-                    camera_pose: RigidTransform):
+                    camera_pose: RigidTransform, planner: PickPlanner | None = None):
     """(the decision, the name of the object it chose, ms of features + decision) of either kind of policy
     (runner.load_policy) on a rendered frame, given what it takes on the robot: the object-token policy every
     visible object's mask (class-agnostic), the mask-free one the image and depth alone. Which object a
@@ -63,7 +63,8 @@ def policy_decision(policy, features, instruction: str, sim: TabletopSim, frame:
 
     if isinstance(policy, MaskFreePolicy):
         start = time.perf_counter()
-        decision = policy.decide(instruction, features.extract(frame.rgb), frame.rgb, depth, camera_pose)
+        decision = policy.decide(instruction, features.extract(frame.rgb), frame.rgb, depth, camera_pose,
+                                 planner=planner)
         decided_ms = (time.perf_counter() - start) * 1e3
         u, v = decision.pixel
         rows, cols = np.ogrid[:frame.rgb.shape[0], :frame.rgb.shape[1]]
@@ -78,15 +79,16 @@ def policy_decision(policy, features, instruction: str, sim: TabletopSim, frame:
 POINTED_RADIUS_PX = 4
 
 
-def policy_method(policy, features, camera_pose: RigidTransform) -> Method:
-    """A policy of either kind (runner.load_policy) and the DinoFeatures of its backbone."""
+def policy_method(policy, features, camera_pose: RigidTransform, planner: PickPlanner | None = None) -> Method:
+    """A policy of either kind (runner.load_policy) and the DinoFeatures of its backbone; a mask-free one
+    takes its grasp's pose from `planner` where given (MaskFreePolicy.decide)."""
     from dino_vla.policy.runner import PolicyFailure
 
     def attempt(task: Task, sim: TabletopSim, frame: RenderedFrame, depth: DepthFrame) -> Attempt:
         start = time.perf_counter()
         try:
             decision, chosen, decided_ms = policy_decision(policy, features, task.instruction, sim, frame, depth,
-                                                           camera_pose)
+                                                           camera_pose, planner)
         except PolicyFailure as err:
             return refused(err.reason, decision_ms=(time.perf_counter() - start) * 1e3)
         return executed(sim.execute(decision.grasp), task.target, chosen == task.target, decided_ms,

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dino_vla.types import CameraIntrinsics
+from dino_vla.types import CameraIntrinsics, RigidTransform
 
 
 def depth_to_metres(depth: np.ndarray) -> np.ndarray:
@@ -44,3 +44,17 @@ class DepthFrame:
                              f"{self.intrinsics.width}x{self.intrinsics.height}: depth must be aligned to the "
                              f"colour image")
         object.__setattr__(self, "metres", metres)
+
+
+def points_in(depth: DepthFrame, camera_to_target: RigidTransform) -> tuple[np.ndarray, np.ndarray]:
+    """((H, W, 3) float64 point of every pixel in camera_to_target.parent, (H, W) bool: has a reading). Pixels
+    without a reading get the camera's origin (depth 0): mask them with the second array."""
+    if camera_to_target.child != depth.frame:
+        raise ValueError(f"camera pose is for {camera_to_target.child!r}, depth is in {depth.frame!r}")
+    h, w = depth.metres.shape
+    k = depth.intrinsics
+    valid = np.isfinite(depth.metres)
+    z = np.where(valid, depth.metres, 0.0)
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    camera = np.stack([(u - k.cx) * z / k.fx, (v - k.cy) * z / k.fy, z], -1)
+    return camera @ camera_to_target.rotation.T + camera_to_target.translation, valid

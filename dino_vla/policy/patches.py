@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dino_vla.geometry.depth import DepthFrame
+from dino_vla.geometry.depth import DepthFrame, points_in
 from dino_vla.types import RigidTransform
 
 # per patch: base-frame x, y (m), mean height above the table (m), fraction of pixels more than 1 cm above it,
@@ -118,15 +118,7 @@ def surface_point(u: float, v: float, depth: DepthFrame, camera_to_base: RigidTr
 def camera_channels(rgb: np.ndarray, depth: DepthFrame, camera_to_base: RigidTransform, grid: PatchGrid,
                     table_height_m: float) -> np.ndarray:
     """(rows * cols, CAMERA_DIM) float32: each patch's camera channels (see CAMERA_DIM)."""
-    if camera_to_base.child != depth.frame:
-        raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {depth.frame!r}")
-    h, w = depth.metres.shape
-    k = depth.intrinsics
-    valid = np.isfinite(depth.metres)
-    z = np.where(valid, depth.metres, 0.0)
-    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    points = np.stack([(u - k.cx) * z / k.fx, (v - k.cy) * z / k.fy, z], -1) @ camera_to_base.rotation.T \
-        + camera_to_base.translation
+    points, valid = points_in(depth, camera_to_base)
     height = points[..., 2] - table_height_m
     weight = grid.window(valid.astype(np.float32))
     sums = [grid.window(np.where(valid, c, 0.0)) for c in (points[..., 0], points[..., 1], height)]

@@ -16,7 +16,7 @@ from dino_vla.models.loading import place, resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
 from dino_vla.geometry.depth import DepthFrame
-from dino_vla.pick import PickFailure
+from dino_vla.pick import PickFailure, PickPlanner
 from dino_vla.policy.checkpoint import OBJECT_TOKENS, CheckpointError, CheckpointInfo, load_checkpoint, read_info
 from dino_vla.policy.maskfree_model import MASK_FREE, MaskFreeBatch
 from dino_vla.policy.model import collate
@@ -161,12 +161,20 @@ class GraspPolicy(PolicyRuntime):
         return logits[0].cpu(), self.net.denormalise_targets(normalised[0]).cpu()
 
 
+LEARNED, DEPTH = "learned", "depth"
+# learned: the network's regressed offset at the pixel; depth: the geometric planner on the object the depth
+# shows at that pixel (geometry.depth_region), the learned grasp where the planner finds none
+GRASP_GEOMETRIES = (DEPTH, LEARNED)
+
+
 @dataclass(frozen=True)
 class MaskFreeDecision:
     grasp: Grasp               # in camera_to_base.parent; score = confidence
     pixel: tuple[float, float]  # the camera pixel the heatmap pointed at (u, v)
     confidence: float          # the heatmap's probability of the chosen patch
-    latency_ms: float          # camera channels + network, features not included
+    latency_ms: float          # camera channels + network (+ the depth planner), features not included
+    geometry: str = LEARNED    # where the grasp's pose came from: GRASP_GEOMETRIES
+    note: str = ""             # why the depth planner's grasp was not taken, when it was asked for
 
 
 class MaskFreePolicy(PolicyRuntime):
@@ -183,9 +191,12 @@ class MaskFreePolicy(PolicyRuntime):
         return grid
 
     def decide(self, instruction: str, features: Features, rgb: np.ndarray, frame: DepthFrame,
-               camera_to_base: RigidTransform, local_features: bool = False) -> MaskFreeDecision:
+               camera_to_base: RigidTransform, local_features: bool = False,
+               planner: PickPlanner | None = None) -> MaskFreeDecision:
         """The grasp at the patch the heatmap puts highest; PolicyFailure no_object when "none" wins (the
-        named object is not in view), no_points when the chosen pixel has no depth around it."""
+        named object is not in view), no_points when the chosen pixel has no depth around it. With a
+        planner, the grasp's pose is the planner's for the object the depth shows at that pixel (the policy
+        then only chooses where), the learned one where the planner finds none."""
         start = time.perf_counter()
         try:
             parsed = parse(instruction)
@@ -210,7 +221,17 @@ class MaskFreePolicy(PolicyRuntime):
             raise PolicyFailure("no_points", str(err)) from None
         grasp = Grasp(chosen.position, np.array([0.0, 0.0, -1.0]), chosen.yaw, chosen.width, confidence, target,
                       camera_to_base.parent)
-        return MaskFreeDecision(grasp, chosen.pixel, confidence, (time.perf_counter() - start) * 1e3)
+        geometry, note = LEARNED, ""
+        if planner is not None:
+            try:
+                planned = planner.plan_at_pixel(frame, chosen.pixel, target, confidence, camera_to_base)
+                grasp = Grasp(planned.position, planned.approach, planned.yaw, planned.width, confidence, target,
+                              planned.frame)
+                geometry = DEPTH
+            except PickFailure as err:
+                note = f"depth planner: {err.reason}: {err}"
+        return MaskFreeDecision(grasp, chosen.pixel, confidence, (time.perf_counter() - start) * 1e3, geometry,
+                                note)
 
     @torch.inference_mode()
     def forward(self, instruction: Instruction, features: Features, camera: np.ndarray

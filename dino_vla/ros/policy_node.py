@@ -30,8 +30,9 @@ from dino_vla.msg import DinoFeatures, GraspCommand
 from dino_vla.models.loading import set_torch_threads
 from dino_vla.policy.checkpoint import CheckpointError, resolve_checkpoint
 from dino_vla.policy.limits import CommandLimits
-from dino_vla.policy.runner import (GraspPolicy, MaskFreeDecision, MaskFreePolicy, PolicyDecision, PolicyFailure,
-                                   load_policy)
+from dino_vla.pick import PickPlanner, PickSettings
+from dino_vla.policy.runner import (LEARNED, GraspPolicy, MaskFreeDecision, MaskFreePolicy, PolicyDecision,
+                                   PolicyFailure, load_policy)
 from dino_vla.ros.depth_inputs import CameraExtrinsic, CameraView, DepthImageInputs, DepthMaskInputs, MaskedDepth
 from dino_vla.ros.messages import features_from_msg, grasp_rotation, grasp_to_msg, pose_msg, stamp_ns
 from dino_vla.ros.managed_node import ManagedNode
@@ -40,6 +41,9 @@ from dino_vla.sync import ApproximateTimeSync
 from dino_vla.types import Features, Grasp
 
 _LIMITS = ("workspace_min", "workspace_max", "table_height_m", "max_opening_m", "max_speed_mps", "max_yaw_rate_rps")
+# what the depth planner of a mask-free policy is built from (besides the cell's limits above)
+_PLANNER = _LIMITS + ("gripper_finger_length_m", "gripper_clearance_m", "depth_min_m", "depth_max_m", "min_points",
+                      "outlier_neighbours", "outlier_std_ratio", "cluster_eps_m")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class PolicyNode(ManagedNode):
         self.get_logger().info(f"{self.policy.KIND} policy loaded in {time.perf_counter() - start:.1f} s; it takes "
                                f"features of {self.policy.backbone!r}"
                                + (" and masks" if self.policy.needs_masks else ", the image and depth (no masks)"))
+        self.grasp_planner = self.depth_planner(self.params)
         self.view_name = "masks + depth" if self.policy.needs_masks else "image + depth"
         self.source = f"policy {checkpoint}"
         self.extrinsic = CameraExtrinsic(self, self.params)
@@ -123,14 +128,24 @@ class PolicyNode(ManagedNode):
     def cleanup(self) -> None:
         self.policy = None
         self.extrinsic = None
+        self.grasp_planner = None
 
     def apply_parameters(self, updated) -> None:
         if self.policy is None:   # unconfigured: configure takes the new values
             return
         if set(_LIMITS) & set(updated):
             self.limits = CommandLimits.from_params({**self.params, **updated})  # ConfigError rejects the change
+        if self.grasp_planner is not None and set(_PLANNER) & set(updated):
+            self.grasp_planner = self.depth_planner({**self.params, **updated})
         if "instruction" in updated:
             self.set_instruction(updated["instruction"])
+
+    def depth_planner(self, params: dict) -> PickPlanner | None:
+        """The mask-free policy points; with grasp_geometry depth the pick's planner sizes the grasp there
+        (ConfigError: inconsistent parameters)."""
+        if self.policy.needs_masks or params["grasp_geometry"] == LEARNED:
+            return None
+        return PickPlanner(PickSettings.from_params({**params, "gripper_max_width_m": params["max_opening_m"]}))
 
     def set_instruction(self, text: str) -> None:
         """Every instruction received is a new task, even in the same words (a new Pick goal)."""
@@ -224,7 +239,8 @@ class PolicyNode(ManagedNode):
             if self.policy.needs_masks:
                 decision = self.policy.decide(self.instruction, observation.features, m.frame, m.masks, camera_to_base)
             else:
-                decision = self.policy.decide(self.instruction, observation.features, m.rgb, m.frame, camera_to_base)
+                decision = self.policy.decide(self.instruction, observation.features, m.rgb, m.frame, camera_to_base,
+                                              planner=self.grasp_planner)
         except PolicyFailure as err:
             return self._failed(observation, err.reason, str(err))
         return Decided(observation, self.task, decision)
@@ -233,7 +249,8 @@ class PolicyNode(ManagedNode):
     def chosen(d: Decided) -> str:
         """What the decision grasps, for the status line."""
         if isinstance(d.decision, MaskFreeDecision):
-            return f"pixel ({d.decision.pixel[0]:.0f}, {d.decision.pixel[1]:.0f})"
+            return f"pixel ({d.decision.pixel[0]:.0f}, {d.decision.pixel[1]:.0f}), {d.decision.geometry} grasp" \
+                + (f" ({d.decision.note})" if d.decision.note else "")
         return f"object {d.decision.object_index} of {len(d.observation.view.masks)}"
 
     def _failed(self, observation: Observation, reason: str, message: str) -> Decided:

@@ -286,6 +286,22 @@ def test_eval_every_split_side_by_side(env, tmp_path):
     assert absent["episodes"][0]["target"] == "(absent)"
 
 
+def test_eval_of_the_mask_free_policy_with_either_grasp_geometry(env, tmp_path):
+    """The shipped mask-free checkpoint on the same task: its grasp pose from the depth planner (the default,
+    as the policy node's) or its own regressed offset; the report says which."""
+    for geometry in ("depth", "learned"):
+        result = dino_vla("eval", "--checkpoint", "shipped-mask-free", "--split", "paraphrase", "-n", "1",
+                          *(("--grasp-geometry", geometry) if geometry == "learned" else ()), "--json", geometry,
+                          env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        report = json.loads((tmp_path / geometry / "paraphrase.json").read_text())
+        assert report["grasp_geometry"] == geometry and report["checkpoint"].endswith("mask-free-tiny")
+        assert len(report["episodes"]) == 1
+    assert dino_vla("eval", "--split", "paraphrase", "-n", "1", "--json", "object-tokens", env=env,
+                    cwd=tmp_path).returncode == 0
+    assert "grasp_geometry" not in json.loads((tmp_path / "object-tokens" / "paraphrase.json").read_text())
+
+
 def test_eval_of_an_unknown_split(env, tmp_path):
     result = dino_vla("eval", "--split", "colours", env=env, cwd=tmp_path)
     assert result.returncode == 2 and "invalid choice: 'colours'" in result.stderr

@@ -18,7 +18,9 @@ from dino_vla.policy.maskfree_train import (NONE, MaskFreeSettings, best_refusal
                                             heatmap_target, train_mask_free)
 from dino_vla.policy.patches import (CAMERA_DIM, OFFSET_DIM, NoDepthError, PatchGrid, camera_channels, grasp_at,
                                      grasp_offsets, project)
-from dino_vla.policy.runner import GraspPolicy, MaskFreePolicy, PolicyFailure, load_policy
+from dino_vla.config import defaults
+from dino_vla.pick import PickFailure, PickPlanner, PickSettings
+from dino_vla.policy.runner import DEPTH, LEARNED, GraspPolicy, MaskFreePolicy, PolicyFailure, load_policy
 from dino_vla.policy.tokens import REQUEST_DIM
 from dino_vla.policy.train import TrainSettings
 from dino_vla.sim.mujoco_sim import TabletopSim
@@ -187,6 +189,34 @@ def test_mask_free_policy_grasps_where_it_points_or_refuses(tiny_models, tmp_pat
     with pytest.raises(PolicyFailure) as err:
         policy.decide("pick up the cup", features, frame.rgb, blind, pose, local_features=True)
     assert err.value.reason == "no_points"
+
+
+def test_with_a_planner_the_grasp_pose_is_the_planners_for_the_object_at_the_pixel(tiny_models, tmp_path, scene):
+    frame, depth, pose, features, _ = scene
+    policy = MaskFreePolicy.load(_mask_free_checkpoint(tmp_path / "act", tiny_models.features, -1e4), "cpu")
+    learned = policy.decide("pick up the cup", features, frame.rgb, depth, pose, local_features=True)
+    assert learned.geometry == LEARNED and learned.note == ""
+    params = {**defaults("pick"), "target_frame": pose.parent}
+    planner = PickPlanner(PickSettings.from_params(params))
+    pointed = policy.decide("pick up the cup", features, frame.rgb, depth, pose, local_features=True, planner=planner)
+    assert pointed.pixel == learned.pixel and pointed.confidence == learned.confidence
+    try:
+        expected = planner.plan_at_pixel(depth, learned.pixel, "cup", learned.confidence, pose)
+    except PickFailure as err:
+        assert pointed.geometry == LEARNED and pointed.grasp == learned.grasp and err.reason in pointed.note
+    else:
+        assert pointed.geometry == DEPTH and pointed.note == ""
+        assert np.allclose(pointed.grasp.position, expected.position) and pointed.grasp.yaw == expected.yaw
+        assert pointed.grasp.width == expected.width and pointed.grasp.score == learned.confidence
+    # where the planner finds no grasp (here: a gripper too narrow for anything) the learned one, and why
+    narrow = PickPlanner(PickSettings.from_params({**params, "gripper_max_width_m": 0.005}))
+    fallback = policy.decide("pick up the cup", features, frame.rgb, depth, pose, local_features=True, planner=narrow)
+    assert fallback.geometry == LEARNED and fallback.note.startswith("depth planner: ")
+    assert np.allclose(fallback.grasp.position, learned.grasp.position)
+    # pointed at an object (the can, at its centre's pixel), the planner grasps that object
+    can = scene[4]["can"]
+    on_can = planner.plan_at_pixel(depth, project(can, depth, pose)[:2], "can", 1.0, pose)
+    assert np.linalg.norm(on_can.position[:2] - can[:2]) < 0.02
 
 
 @pytest.fixture(scope="module")
