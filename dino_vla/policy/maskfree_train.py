@@ -284,6 +284,11 @@ def calibrate_refusal(net: MaskFreePolicyNet, table: PatchTable, episodes: torch
     """Moves the learned "none" prior (none_bias) to the shift best_refusal_shift finds on `episodes` (held-out
     scenes): the trained network refused a quarter of present objects while its patch ranking was right."""
     margins, absent = refusal_margins(net, table, episodes)
+    if absent.all() or not absent.any():
+        # with one kind only, the fewest wrong decisions would refuse always or never: nothing to weigh
+        kind = "absent" if absent.any() else "present"
+        return {"shift": 0.0, "episodes": len(margins), "absent": int(absent.sum()),
+                "skipped": f"every validation request names a {kind} object: the refusal stays as trained"}
     shift, before, after = best_refusal_shift(margins, absent)
     with torch.no_grad():
         net.none_bias += shift
@@ -373,6 +378,8 @@ def train_mask_free(dataset_dir: str, out: str, backbone: str, settings: TrainSe
         training["history"].append({"epoch": "calibrated", "step": step,
                                     **evaluate_patch_table(net, table, val_eps)})
         save_checkpoint(out, net, backbone, text_model, training, optimizer, step)
-        print(f"refusal calibrated on the validation scenes: {training['refusal_calibration']}", file=sys.stderr)
+        calibration = training["refusal_calibration"]
+        print(f"WARNING: refusal not calibrated: {calibration['skipped']}" if "skipped" in calibration
+              else f"refusal calibrated on the validation scenes: {calibration}", file=sys.stderr)
     training["elapsed_s"] = round(time.perf_counter() - started, 1)
     return training

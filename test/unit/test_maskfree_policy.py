@@ -249,6 +249,11 @@ def test_training_fits_a_few_demonstrations_and_resumes(demos, tiny_models, tmp_
     assert float(net.none_bias.detach()) == pytest.approx(bias + calibration["shift"], abs=1e-5)
     margins, absent = refusal_margins(net, table, torch.arange(len(table)))
     assert np.array_equal(margins > 0, absent)
+    # validation requests of one kind only (a user's recording without absent requests): left as trained
+    present = torch.nonzero(torch.as_tensor(table.episode_target) != NONE).flatten()
+    kept = calibrate_refusal(net, table, present)
+    assert kept["shift"] == 0.0 and "present object" in kept["skipped"], kept
+    assert float(net.none_bias.detach()) == pytest.approx(bias + calibration["shift"], abs=1e-5)
     # resumed from the end of epoch 1, a run ends where the straight run of the same length ends
     short = TrainSettings(epochs=2, validation_fraction=0.0)
     train_mask_free(str(demos), str(tmp_path / "straight"), tiny_models.features, short, network)
