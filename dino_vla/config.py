@@ -20,6 +20,10 @@ DEFAULT_MODELS = {"features": "facebook/dinov2-small", "detector": "IDEA-Researc
 # which weights the perception stages run: pretrained, tiny random-weight ones, or pretrained where they can be had
 MODEL_CHOICES = ("auto", "pretrained", "tiny")
 GRASP_SOURCES = ("planner", "policy")   # where the pick node's grasps come from
+# where a mask-free policy's grasp pose comes from (policy.runner.MaskFreePolicy.decide): depth, the geometric
+# planner on the object the depth shows at the pixel it points at (geometry.depth_region), the learned grasp
+# where the planner finds none; learned, the network's regressed offset at that pixel
+GRASP_GEOMETRIES = ("depth", "learned")
 SHIPPED_CHECKPOINT = "shipped"          # the policy `checkpoint` value naming the package's own checkpoint
 
 
@@ -278,7 +282,7 @@ NODE_PARAMS.update({
         ParamSpec("grasp_geometry", "depth", "a mask-free policy's grasp pose: depth (the geometric planner, "
                   "as the pick node's, on the object the depth shows where the policy points; the learned pose "
                   "where it finds none) or learned (the network's regressed offset). The object-token policy "
-                  "ignores it", choices=("depth", "learned"), read_only=True),
+                  "ignores it", choices=GRASP_GEOMETRIES, read_only=True),
     ) + _fingers() + _depth_points(),
     "recorder": _localisation() + (
         ParamSpec("output_dir", "", "dataset directory (required): dino_vla.dataset.format",

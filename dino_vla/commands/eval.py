@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from dino_vla.commands.common import add_config_option, add_device_option, fail, load_params
+from dino_vla.config import GRASP_GEOMETRIES
 from dino_vla.sim.tasks import SPLITS
 
 
@@ -20,7 +21,7 @@ def add_parser(subparsers) -> None:
                    help="tasks where the words matter (sim.tasks): the policy and the geometric pick (stand-in "
                    "perception, resolving colour, size and relations itself) on the same scenes, one report per "
                    "split; 'all' runs every split")
-    p.add_argument("--grasp-geometry", choices=("depth", "learned"), default="depth",
+    p.add_argument("--grasp-geometry", choices=GRASP_GEOMETRIES, default=GRASP_GEOMETRIES[0],
                    help="a mask-free policy's grasp pose: depth (default, as the policy node's grasp_geometry: "
                    "the geometric planner on the object the depth shows where the policy points) or learned (the "
                    "network's regressed offset there)")

@@ -64,7 +64,7 @@ def evaluate(checkpoint: str, pick_params: dict, scenes: int = 100, first_seed: 
              ) -> dict:
     """The policy in `checkpoint` (a directory) and the planner (pick node parameters `pick_params`) on
     `scenes` seeded scenes, instructions from the `paraphrases` templates; the report of evaluation.episodes
-    (methods policy, baseline). grasp_geometry: a mask-free policy's (runner.GRASP_GEOMETRIES)."""
+    (methods policy, baseline). grasp_geometry: a mask-free policy's (config.GRASP_GEOMETRIES)."""
     policy = load_policy(checkpoint, device=device)
     features = DinoFeatures.load(policy.backbone, device=device)
     planner = PickPlanner(PickSettings.from_params(pick_params))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dino_vla.config import GRASP_GEOMETRIES
 from dino_vla.language import Instruction, InstructionError, parse
 from dino_vla.models.loading import place, resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
@@ -161,10 +162,7 @@ class GraspPolicy(PolicyRuntime):
         return logits[0].cpu(), self.net.denormalise_targets(normalised[0]).cpu()
 
 
-LEARNED, DEPTH = "learned", "depth"
-# learned: the network's regressed offset at the pixel; depth: the geometric planner on the object the depth
-# shows at that pixel (geometry.depth_region), the learned grasp where the planner finds none
-GRASP_GEOMETRIES = (DEPTH, LEARNED)
+DEPTH, LEARNED = GRASP_GEOMETRIES
 
 
 @dataclass(frozen=True)
