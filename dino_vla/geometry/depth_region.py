@@ -35,11 +35,19 @@ class RegionSettings:
             raise ValueError(f"need above_table_m, depth_edge_m > 0 and reach_px, regrow_px >= 0, got {self}")
 
 
-def object_region(depth: DepthFrame, camera_to_base: RigidTransform, table_height_m: float,
-                  pixel: tuple[float, float], settings: RegionSettings = RegionSettings()) -> np.ndarray:
-    """(H, W) bool mask of the object at pixel (u, v); NoPointsError when nothing rises above the table
-    within reach_px of it. camera_to_base: the camera's pose in the frame whose z is up and where the table
-    is at table_height_m."""
+@dataclass(frozen=True)
+class Regions:
+    """A depth frame cut into objects (object_regions)."""
+
+    labels: np.ndarray     # (H, W) int32: 0 no object, k > 0 the k-th region
+    points: np.ndarray     # (H, W, 3) every pixel's point in camera_to_base.parent (points_in)
+    above: np.ndarray      # (H, W) bool: a reading more than above_table_m above the table
+
+
+def object_regions(depth: DepthFrame, camera_to_base: RigidTransform, table_height_m: float,
+                   settings: RegionSettings = RegionSettings()) -> Regions:
+    """Every object region of the frame (see the module docstring). camera_to_base: the camera's pose in the
+    frame whose z is up and where the table is at table_height_m."""
     points, valid = points_in(depth, camera_to_base)
     above = valid & (points[..., 2] - table_height_m > settings.above_table_m)
     z = np.where(valid, depth.metres, np.inf)
@@ -52,6 +60,15 @@ def object_region(depth: DepthFrame, camera_to_base: RigidTransform, table_heigh
     edge[1:] |= down
     edge[:-1] |= down
     _, labels = cv2.connectedComponents((above & ~edge).astype(np.uint8), connectivity=4)
+    return Regions(labels, points, above)
+
+
+def object_region(depth: DepthFrame, camera_to_base: RigidTransform, table_height_m: float,
+                  pixel: tuple[float, float], settings: RegionSettings = RegionSettings()) -> np.ndarray:
+    """(H, W) bool mask of the object at pixel (u, v); NoPointsError when nothing rises above the table
+    within reach_px of it."""
+    regions = object_regions(depth, camera_to_base, table_height_m, settings)
+    labels = regions.labels
     u, v = pixel
     r, c = int(round(v)), int(round(u))
     r0, c0 = max(r - settings.reach_px, 0), max(c - settings.reach_px, 0)
@@ -71,4 +88,23 @@ def object_region(depth: DepthFrame, camera_to_base: RigidTransform, table_heigh
     with np.errstate(invalid="ignore"):
         spanned = (depth.metres >= own.min() - settings.depth_edge_m) \
             & (depth.metres <= own.max() + settings.depth_edge_m)
-    return chosen | (grown & above & (labels == 0) & spanned)
+    return chosen | (grown & regions.above & (labels == 0) & spanned)
+
+
+def region_shapes(regions: Regions, table_height_m: float) -> np.ndarray:
+    """(H, W, 3) float32: on each pixel of a region, that object's height above the table and the long and
+    short sides of its footprint (the smallest rectangle around its points seen from above, m); 0 elsewhere.
+    What an RGB-D camera tells of an object's shape without knowing what it is: a bottle is tall and narrow,
+    a bowl low and wide."""
+    out = np.zeros((*regions.labels.shape, 3), np.float32)
+    flat = regions.labels.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(1, int(flat.max(initial=0)) + 2))
+    points = regions.points.reshape(-1, 3)
+    for k in range(len(bounds) - 1):
+        pixels = order[bounds[k]:bounds[k + 1]]
+        if len(pixels) < 3:
+            continue
+        (_, _), (a, b), _ = cv2.minAreaRect(points[pixels, :2].astype(np.float32))
+        out.reshape(-1, 3)[pixels] = (points[pixels, 2].max() - table_height_m, max(a, b), min(a, b))
+    return out

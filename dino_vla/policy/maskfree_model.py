@@ -23,7 +23,8 @@ from dino_vla.policy.patches import CAMERA_DIM, OFFSET_DIM
 from dino_vla.policy.tokens import REQUEST_DIM
 
 MASK_FREE = "mask-free"        # the checkpoint metadata's `policy` kind of this network
-MASK_FREE_TOKENS_VERSION = 1   # 1: the full patch grid + camera channels, parsed request text + one-hots
+MASK_FREE_TOKENS_VERSION = 2   # 1: the full patch grid + camera channels, parsed request text + one-hots; 2: + each
+#                                  patch's object shape from depth (patches.CAMERA_DIM)
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dino_vla.geometry.depth import DepthFrame, points_in
+from dino_vla.geometry.depth import DepthFrame
+from dino_vla.geometry.depth_region import RegionSettings, object_regions, region_shapes
 from dino_vla.types import RigidTransform
 
 # per patch: base-frame x, y (m), mean height above the table (m), fraction of pixels more than 1 cm above it,
-# fraction with a depth reading, mean R, G, B (0..1)
-CAMERA_DIM = 8
+# fraction with a depth reading, mean R, G, B (0..1), and the shape of the object it shows from depth alone
+# (geometry.depth_region.region_shapes: its height above the table, its footprint's long and short sides, m)
+CAMERA_DIM = 11
 ABOVE_TABLE_M = 0.01
 # the grasp at a patch, relative to it: sub-patch pixel offset (du, dv in patch widths from its centre), the
 # grasp point minus the depth point under that pixel (dx, dy, dz, base frame, m), cos 2yaw, sin 2yaw, opening (m)
@@ -118,15 +120,19 @@ def surface_point(u: float, v: float, depth: DepthFrame, camera_to_base: RigidTr
 def camera_channels(rgb: np.ndarray, depth: DepthFrame, camera_to_base: RigidTransform, grid: PatchGrid,
                     table_height_m: float) -> np.ndarray:
     """(rows * cols, CAMERA_DIM) float32: each patch's camera channels (see CAMERA_DIM)."""
-    points, valid = points_in(depth, camera_to_base)
+    regions = object_regions(depth, camera_to_base, table_height_m, RegionSettings(above_table_m=ABOVE_TABLE_M))
+    points, valid = regions.points, np.isfinite(depth.metres)
     height = points[..., 2] - table_height_m
     weight = grid.window(valid.astype(np.float32))
     sums = [grid.window(np.where(valid, c, 0.0)) for c in (points[..., 0], points[..., 1], height)]
     means = [s / np.maximum(weight, 1e-6) for s in sums]
-    above = grid.window((valid & (height > ABOVE_TABLE_M)).astype(np.float32))
+    above = grid.window(regions.above.astype(np.float32))
     colour = grid.window(np.asarray(rgb, np.float32) / 255.0)
-    return np.concatenate([np.stack([*means, above, weight], -1), colour], -1).reshape(grid.size, CAMERA_DIM) \
-        .astype(np.float32)
+    # the shape of the object each patch shows, averaged over the patch's pixels that belong to one
+    in_region = grid.window((regions.labels > 0).astype(np.float32))[..., None]
+    shapes = grid.window(region_shapes(regions, table_height_m)) / np.maximum(in_region, 1e-6)
+    return np.concatenate([np.stack([*means, above, weight], -1), colour, shapes], -1) \
+        .reshape(grid.size, CAMERA_DIM).astype(np.float32)
 
 
 def grasp_offsets(grid: PatchGrid, position: np.ndarray, yaw: float, width: float, depth: DepthFrame,

@@ -59,7 +59,8 @@ def test_the_mask_free_policy_picks_or_refuses_with_no_masks_over_dds(dds_env, t
     r = record.result
     assert r.perception_source.startswith("policy ") and r.perception_source.endswith("mask-free-tiny")
     assert "mask-free policy loaded" in text
-    # the shipped checkpoint is below its targets (README): it may refuse here, but it must not lift another object
+    # the shipped checkpoint chooses right in 98 % of paraphrase tasks (README), not all: it may refuse here,
+    # but it must not lift another object
     if r.success:
         assert r.lifted_object == "cup" and not r.grasp.dry_run and r.lifted_m > 0.1
     else:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dino_vla.geometry.depth import DepthFrame, points_in
-from dino_vla.geometry.depth_region import RegionSettings, object_region
+from dino_vla.geometry.depth_region import RegionSettings, object_region, object_regions, region_shapes
 from dino_vla.geometry.grasp_planner import GripperSpec, Workspace
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError
 from dino_vla.pick import PickFailure, PickPlanner, PickSettings
@@ -75,6 +75,20 @@ def test_a_region_never_takes_a_taller_neighbours_rim():
     frame = DepthFrame(depth, K, "camera")
     small = object_region(frame, CAMERA, TABLE_M, (46.0, 45.0))
     assert (small == box_mask(*SMALL)).all()
+
+
+def test_region_shapes_give_each_objects_height_and_footprint():
+    regions = object_regions(table_scene(), CAMERA, TABLE_M)
+    # three objects; their outlines, where the depth jumps, belong to none
+    assert regions.labels.max() == 3 and not (regions.labels > 0)[~regions.above].any()
+    shapes = region_shapes(regions, TABLE_M)
+    for (rows, cols), height, sides in ((SMALL, 0.06, (11, 7)), (FLUSH, 0.06, (11, 7)), (WIDE, 0.10, (28, 28))):
+        inside = shapes[rows.start + 1:rows.stop - 1, cols.start + 1:cols.stop - 1]
+        assert np.allclose(inside, inside[0, 0]), "one shape per object"
+        # heights from the depth; sides between the outermost pixel centres, at this depth's pixel size
+        assert inside[0, 0, 0] == pytest.approx(height, abs=1e-4)
+        assert inside[0, 0, 1:] == pytest.approx(np.array(sides) * (1.0 - TABLE_M - height) / 100, abs=1e-4)
+    assert not shapes[regions.labels == 0].any()
 
 
 def _planner(max_width_m: float = 0.12) -> PickPlanner:

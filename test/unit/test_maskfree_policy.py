@@ -97,9 +97,11 @@ def test_camera_channels_see_objects_rise_above_the_table(scene):
         row = channels[GRID.patch_of(u, v)]
         assert row[2] > 0.01 and row[3] > 0.5, row      # height above the table, fraction above it
         assert np.allclose(row[:2], position[:2], atol=0.06)
+        height, long, short = row[8:]                    # the object's own shape, from its depth region
+        assert row[2] < height < 0.35 and 0.02 < short <= long < 0.3, row
     # most patches with nothing above the table show the table itself (the rest the floor beyond it)
     bare = channels[channels[:, 3] == 0]
-    assert len(bare) > 100 and np.median(np.abs(bare[:, 2])) < 0.005
+    assert len(bare) > 100 and np.median(np.abs(bare[:, 2])) < 0.005 and not bare[:, 8:].any()
     with pytest.raises(ValueError, match="camera pose"):
         camera_channels(frame.rgb, DepthFrame(depth.metres, depth.intrinsics, "other"), pose, GRID, 0.40)
 
