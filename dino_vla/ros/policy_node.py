@@ -133,10 +133,12 @@ class PolicyNode(ManagedNode):
     def apply_parameters(self, updated) -> None:
         if self.policy is None:   # unconfigured: configure takes the new values
             return
-        if set(_LIMITS) & set(updated):
-            self.limits = CommandLimits.from_params({**self.params, **updated})  # ConfigError rejects the change
-        if self.grasp_planner is not None and set(_PLANNER) & set(updated):
-            self.grasp_planner = self.depth_planner({**self.params, **updated})
+        params = {**self.params, **updated}
+        # both built before either is kept: a ConfigError from one rejects the whole change
+        limits = CommandLimits.from_params(params) if set(_LIMITS) & set(updated) else self.limits
+        planner = self.depth_planner(params) if self.grasp_planner is not None and set(_PLANNER) & set(updated) \
+            else self.grasp_planner
+        self.limits, self.grasp_planner = limits, planner
         if "instruction" in updated:
             self.set_instruction(updated["instruction"])
 
