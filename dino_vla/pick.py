@@ -11,7 +11,7 @@ import numpy as np
 from dino_vla.config import ConfigError
 from dino_vla.geometry.grasp_planner import GraspPlanner, GraspRefused, GripperSpec, Workspace
 from dino_vla.geometry.depth import DepthFrame
-from dino_vla.geometry.depth_region import RegionSettings, object_region
+from dino_vla.geometry.depth_region import Regions, RegionSettings, object_region
 from dino_vla.geometry.grounding import Candidate, GroundingFailure, ViewAxes, choose, distinct, fits_colour
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, localise
 from dino_vla.instruction import GroundingQuery
@@ -134,15 +134,17 @@ class PickPlanner:
         return PickPlan(query.target, chosen.obj, chosen.index, grasp, len(found))
 
     def plan_at_pixel(self, frame: DepthFrame, pixel: tuple[float, float], phrase: str, score: float,
-                      camera_to_target: RigidTransform, region: RegionSettings = RegionSettings()) -> Grasp:
+                      camera_to_target: RigidTransform, region: RegionSettings = RegionSettings(),
+                      cut: Regions | None = None) -> Grasp:
         """The planner's grasp of the object the depth shows at pixel (u, v) (geometry.depth_region): for a
         pointer without masks, the mask-free policy. PickFailure no_points (nothing above the table there,
-        too few points) or the planner's refusal."""
+        too few points) or the planner's refusal. `cut`: the frame's regions where the caller has them."""
         if frame.frame != camera_to_target.child:
             raise PickFailure("wrong_frame", f"depth is in {frame.frame!r}, the camera pose is for "
                                              f"{camera_to_target.child!r}")
         try:
-            mask = object_region(frame, camera_to_target, self.settings.workspace.table_height_m, pixel, region)
+            mask = object_region(frame, camera_to_target, self.settings.workspace.table_height_m, pixel, region,
+                                 cut)
             return self.grasp_planner.plan(localise(frame, mask, phrase, score, self.settings.localiser)
                                            .transformed(camera_to_target))
         except NoPointsError as err:

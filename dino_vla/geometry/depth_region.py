@@ -42,12 +42,26 @@ class Regions:
     labels: np.ndarray     # (H, W) int32: 0 no object, k > 0 the k-th region
     points: np.ndarray     # (H, W, 3) every pixel's point in camera_to_base.parent (points_in)
     above: np.ndarray      # (H, W) bool: a reading more than above_table_m above the table
+    # what they were cut from, so that a caller handed them can tell whether they are the ones it would cut
+    depth: DepthFrame
+    camera_to_base: RigidTransform
+    table_height_m: float
+    settings: RegionSettings
+
+    def cut_from(self, depth: DepthFrame, camera_to_base: RigidTransform, table_height_m: float,
+                 settings: RegionSettings) -> bool:
+        return (self.depth is depth and self.camera_to_base is camera_to_base
+                and self.table_height_m == table_height_m and self.settings == settings)
 
 
 def object_regions(depth: DepthFrame, camera_to_base: RigidTransform, table_height_m: float,
-                   settings: RegionSettings = RegionSettings()) -> Regions:
+                   settings: RegionSettings = RegionSettings(), cut: Regions | None = None) -> Regions:
     """Every object region of the frame (see the module docstring). camera_to_base: the camera's pose in the
-    frame whose z is up and where the table is at table_height_m."""
+    frame whose z is up and where the table is at table_height_m. `cut`: regions already cut from the same
+    frame (one decision's camera channels and grasp share them), taken as they are when they were cut with
+    the same inputs."""
+    if cut is not None and cut.cut_from(depth, camera_to_base, table_height_m, settings):
+        return cut
     points, valid = points_in(depth, camera_to_base)
     above = valid & (points[..., 2] - table_height_m > settings.above_table_m)
     z = np.where(valid, depth.metres, np.inf)
@@ -60,14 +74,15 @@ def object_regions(depth: DepthFrame, camera_to_base: RigidTransform, table_heig
     edge[1:] |= down
     edge[:-1] |= down
     _, labels = cv2.connectedComponents((above & ~edge).astype(np.uint8), connectivity=4)
-    return Regions(labels, points, above)
+    return Regions(labels, points, above, depth, camera_to_base, table_height_m, settings)
 
 
 def object_region(depth: DepthFrame, camera_to_base: RigidTransform, table_height_m: float,
-                  pixel: tuple[float, float], settings: RegionSettings = RegionSettings()) -> np.ndarray:
+                  pixel: tuple[float, float], settings: RegionSettings = RegionSettings(),
+                  cut: Regions | None = None) -> np.ndarray:
     """(H, W) bool mask of the object at pixel (u, v); NoPointsError when nothing rises above the table
-    within reach_px of it."""
-    regions = object_regions(depth, camera_to_base, table_height_m, settings)
+    within reach_px of it. `cut`: as for object_regions."""
+    regions = object_regions(depth, camera_to_base, table_height_m, settings, cut)
     labels = regions.labels
     u, v = pixel
     r, c = int(round(v)), int(round(u))
@@ -91,7 +106,7 @@ def object_region(depth: DepthFrame, camera_to_base: RigidTransform, table_heigh
     return chosen | (grown & regions.above & (labels == 0) & spanned)
 
 
-def region_shapes(regions: Regions, table_height_m: float) -> np.ndarray:
+def region_shapes(regions: Regions) -> np.ndarray:
     """(H, W, 3) float32: on each pixel of a region, that object's height above the table and the long and
     short sides of its footprint (the smallest rectangle around its points seen from above, m); 0 elsewhere.
     What an RGB-D camera tells of an object's shape without knowing what it is: a bottle is tall and narrow,
@@ -106,5 +121,5 @@ def region_shapes(regions: Regions, table_height_m: float) -> np.ndarray:
         if len(pixels) < 3:
             continue
         (_, _), (a, b), _ = cv2.minAreaRect(points[pixels, :2].astype(np.float32))
-        out.reshape(-1, 3)[pixels] = (points[pixels, 2].max() - table_height_m, max(a, b), min(a, b))
+        out.reshape(-1, 3)[pixels] = (points[pixels, 2].max() - regions.table_height_m, max(a, b), min(a, b))
     return out

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from dino_vla.geometry.depth import DepthFrame
-from dino_vla.geometry.depth_region import RegionSettings, object_regions, region_shapes
+from dino_vla.geometry.depth_region import Regions, RegionSettings, object_regions, region_shapes
 from dino_vla.types import RigidTransform
 
 # per patch: base-frame x, y (m), mean height above the table (m), fraction of pixels more than 1 cm above it,
@@ -21,6 +21,7 @@ from dino_vla.types import RigidTransform
 # (geometry.depth_region.region_shapes: its height above the table, its footprint's long and short sides, m)
 CAMERA_DIM = 11
 ABOVE_TABLE_M = 0.01
+REGIONS = RegionSettings(above_table_m=ABOVE_TABLE_M)   # how the camera channels cut the depth into objects
 # the grasp at a patch, relative to it: sub-patch pixel offset (du, dv in patch widths from its centre), the
 # grasp point minus the depth point under that pixel (dx, dy, dz, base frame, m), cos 2yaw, sin 2yaw, opening (m)
 OFFSET_DIM = 8
@@ -118,9 +119,10 @@ def surface_point(u: float, v: float, depth: DepthFrame, camera_to_base: RigidTr
 
 
 def camera_channels(rgb: np.ndarray, depth: DepthFrame, camera_to_base: RigidTransform, grid: PatchGrid,
-                    table_height_m: float) -> np.ndarray:
-    """(rows * cols, CAMERA_DIM) float32: each patch's camera channels (see CAMERA_DIM)."""
-    regions = object_regions(depth, camera_to_base, table_height_m, RegionSettings(above_table_m=ABOVE_TABLE_M))
+                    table_height_m: float, cut: Regions | None = None) -> np.ndarray:
+    """(rows * cols, CAMERA_DIM) float32: each patch's camera channels (see CAMERA_DIM). `cut`: the frame's
+    object regions where the caller has them (geometry.depth_region.object_regions)."""
+    regions = object_regions(depth, camera_to_base, table_height_m, REGIONS, cut)
     points, valid = regions.points, np.isfinite(depth.metres)
     height = points[..., 2] - table_height_m
     weight = grid.window(valid.astype(np.float32))
@@ -130,7 +132,7 @@ def camera_channels(rgb: np.ndarray, depth: DepthFrame, camera_to_base: RigidTra
     colour = grid.window(np.asarray(rgb, np.float32) / 255.0)
     # the shape of the object each patch shows, averaged over the patch's pixels that belong to one
     in_region = grid.window((regions.labels > 0).astype(np.float32))[..., None]
-    shapes = grid.window(region_shapes(regions, table_height_m)) / np.maximum(in_region, 1e-6)
+    shapes = grid.window(region_shapes(regions)) / np.maximum(in_region, 1e-6)
     return np.concatenate([np.stack([*means, above, weight], -1), colour, shapes], -1) \
         .reshape(grid.size, CAMERA_DIM).astype(np.float32)
 

@@ -17,11 +17,12 @@ from dino_vla.models.loading import place, resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
 from dino_vla.geometry.depth import DepthFrame
+from dino_vla.geometry.depth_region import object_regions
 from dino_vla.pick import PickFailure, PickPlanner
 from dino_vla.policy.checkpoint import OBJECT_TOKENS, CheckpointError, CheckpointInfo, load_checkpoint, read_info
 from dino_vla.policy.maskfree_model import MASK_FREE, MaskFreeBatch
 from dino_vla.policy.model import collate
-from dino_vla.policy.patches import NoDepthError, PatchGrid, camera_channels, grasp_at
+from dino_vla.policy.patches import REGIONS, NoDepthError, PatchGrid, camera_channels, grasp_at
 from dino_vla.policy.tokens import (ObjectTokens, grasp_from_target, language_text, object_tokens,
                                    reference_vectors, request_vector, vision_tokens)
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
@@ -205,7 +206,9 @@ class MaskFreePolicy(PolicyRuntime):
             raise PolicyFailure("bad_input", f"image {rgb.shape[1]}x{rgb.shape[0]} and depth "
                                 f"{frame.metres.shape[1]}x{frame.metres.shape[0]} differ: depth must be aligned")
         grid = self.grid(features, rgb.shape[:2])
-        camera = camera_channels(rgb, frame, camera_to_base, grid, self.info.config.table_height_m)
+        # cut once: the camera channels read the objects' shapes, the depth planner the one pointed at
+        regions = object_regions(frame, camera_to_base, self.info.config.table_height_m, REGIONS)
+        camera = camera_channels(rgb, frame, camera_to_base, grid, self.info.config.table_height_m, regions)
         logits, offsets = self.forward(parsed, features, camera)
         probabilities = torch.softmax(logits, 0)
         choice = int(torch.argmax(probabilities))
@@ -222,7 +225,8 @@ class MaskFreePolicy(PolicyRuntime):
         geometry, note = LEARNED, ""
         if planner is not None:
             try:
-                planned = planner.plan_at_pixel(frame, chosen.pixel, target, confidence, camera_to_base)
+                planned = planner.plan_at_pixel(frame, chosen.pixel, target, confidence, camera_to_base,
+                                                cut=regions)
                 grasp = Grasp(planned.position, planned.approach, planned.yaw, planned.width, confidence, target,
                               planned.frame)
                 geometry = DEPTH

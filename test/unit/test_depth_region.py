@@ -81,7 +81,7 @@ def test_region_shapes_give_each_objects_height_and_footprint():
     regions = object_regions(table_scene(), CAMERA, TABLE_M)
     # three objects; their outlines, where the depth jumps, belong to none
     assert regions.labels.max() == 3 and not (regions.labels > 0)[~regions.above].any()
-    shapes = region_shapes(regions, TABLE_M)
+    shapes = region_shapes(regions)
     for (rows, cols), height, sides in ((SMALL, 0.06, (11, 7)), (FLUSH, 0.06, (11, 7)), (WIDE, 0.10, (28, 28))):
         inside = shapes[rows.start + 1:rows.stop - 1, cols.start + 1:cols.stop - 1]
         assert np.allclose(inside, inside[0, 0]), "one shape per object"
@@ -89,6 +89,18 @@ def test_region_shapes_give_each_objects_height_and_footprint():
         assert inside[0, 0, 0] == pytest.approx(height, abs=1e-4)
         assert inside[0, 0, 1:] == pytest.approx(np.array(sides) * (1.0 - TABLE_M - height) / 100, abs=1e-4)
     assert not shapes[regions.labels == 0].any()
+
+
+def test_regions_already_cut_are_taken_only_when_cut_from_the_same_inputs():
+    frame = table_scene()
+    regions = object_regions(frame, CAMERA, TABLE_M)
+    assert object_regions(frame, CAMERA, TABLE_M, cut=regions) is regions
+    lower = object_regions(frame, CAMERA, TABLE_M - 0.05, cut=regions)
+    assert lower is not regions and lower.table_height_m == TABLE_M - 0.05
+    assert object_regions(table_scene(), CAMERA, TABLE_M, cut=regions) is not regions
+    assert object_regions(frame, CAMERA, TABLE_M, RegionSettings(depth_edge_m=0.05), cut=regions) is not regions
+    # handed the frame's regions, the object at a pixel is the one cut from scratch
+    assert (object_region(frame, CAMERA, TABLE_M, (46.0, 45.0), cut=regions) == box_mask(*SMALL)).all()
 
 
 def _planner(max_width_m: float = 0.12) -> PickPlanner:
