@@ -3,6 +3,7 @@ camera QoS, a main() with exit codes. No torch here: the geometric nodes (locali
 it; the model nodes' base is ros/perception_node.py."""
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -20,6 +21,11 @@ from rclpy.signals import SignalHandlerOptions
 from dino_vla.config import NODE_PARAMS, ConfigError, ParamSpec, validate_params
 from dino_vla.dds import DdsProfileError, require_profile_if_named
 from dino_vla.ros.launcher import stop_with_launcher
+
+# What the DDS part of a node's teardown (its entities, the context, the participant at exit) may take once the
+# callbacks have ended: normally well under a second. Fast DDS can deadlock deleting a reader while its peers
+# leave at the same moment (eProsima/Fast-DDS#6193); ros2 launch escalates to SIGTERM 5 s after SIGINT.
+DDS_TEARDOWN_S = 4.0
 
 _TYPES = {bool: ParameterType.PARAMETER_BOOL, int: ParameterType.PARAMETER_INTEGER,
           float: ParameterType.PARAMETER_DOUBLE, str: ParameterType.PARAMETER_STRING,
@@ -143,7 +149,8 @@ def run_node(node_cls: type[ConfiguredNode], args: list[str] | None = None) -> i
 def run_nodes(node_classes: Sequence[type[ConfiguredNode]], args: list[str] | None = None) -> int:
     """The nodes of `node_classes` in this process, on one executor (multi-threaded when there are several, so
     that one node's long callback does not hold the others'; each node's own callbacks still run one at a
-    time). Exit codes: 0 clean shutdown, 1 model or parameter error, 2 unsafe DDS configuration.
+    time). Exit codes: 0 clean shutdown, 1 model or parameter error (or a DDS teardown that hung for
+    DDS_TEARDOWN_S, with every thread's stack on stderr), 2 unsafe DDS configuration.
 
     SIGINT and SIGTERM stop the node in this order: no new callbacks, the running ones end, then the node and
     the context go. rclpy's own handlers are not used: they shut the context down from their own thread at
@@ -194,6 +201,10 @@ def run_nodes(node_classes: Sequence[type[ConfiguredNode]], args: list[str] | No
             for node in nodes:
                 node.stop()
             executor.shutdown()   # the multi-threaded one waits for its running callbacks here
+        # past this point only rclpy and DDS run: a hang there must not outlive the launch's patience, and
+        # must say where it was (every thread's stack on stderr, then exit 1). Armed until the process
+        # ends, because the participant itself goes at interpreter exit; nodes run as their own processes.
+        faulthandler.dump_traceback_later(DDS_TEARDOWN_S, exit=True)
         for node in nodes:
             node.destroy_node()
         rclpy.try_shutdown()

@@ -2,7 +2,8 @@
 a node still running 5 s after SIGINT), SIGINT inherited ignored (`ros2 launch ... &` from a script) and a
 second signal during the teardown. With rclpy's own signal handlers the sim node's frame timer published on a
 context those handlers had already shut down ("publisher's context is invalid", exit 1) under the middle two.
-A pick waiting for perception ends at once, not at its timeout."""
+A pick waiting for perception ends at once, not at its timeout. A teardown stuck in rclpy or DDS (Fast DDS can
+deadlock there) ends the node after DDS_TEARDOWN_S with every thread's stack, not at launch's SIGKILL."""
 from __future__ import annotations
 
 import os
@@ -18,16 +19,19 @@ from sensor_msgs.msg import Image
 
 from dino_vla.action import Pick
 from dino_vla.config import config_dir
-from dino_vla.graph import PICK, SIM, NodeSpec, ros_arguments
+from dino_vla.graph import LOCALISER, PICK, SIM, NodeSpec, ros_arguments
+from dino_vla.ros.node_base import DDS_TEARDOWN_S
 from dino_vla.ros.pick_client import PickClient
 
 ASKED = {"SIGINT": (signal.SIGINT,), "SIGTERM": (signal.SIGTERM,), "SIGINT inherited ignored": (signal.SIGINT,),
          "SIGINT then SIGTERM": (signal.SIGINT, signal.SIGTERM)}
 
 
-def start(spec: NodeSpec, env: dict, tmp_path, sigint_ignored: bool = False, **overrides) -> subprocess.Popen:
+def start(spec: NodeSpec, env: dict, tmp_path, sigint_ignored: bool = False, program: tuple[str, ...] = (),
+          **overrides) -> subprocess.Popen:
     files = [str(config_dir() / name) for name in ("pick.yaml", "sim.yaml")]
-    return subprocess.Popen([sys.executable, "-m", spec.module, *ros_arguments(spec, files, overrides=overrides)],
+    return subprocess.Popen([sys.executable, *(program or ("-m", spec.module)),
+                             *ros_arguments(spec, files, overrides=overrides)],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored
                             else None)
@@ -80,3 +84,42 @@ def test_a_pick_waiting_for_perception_ends_when_the_node_stops(dds_env, tmp_pat
     took, output = stopped(process, (signal.SIGINT,))
     assert "cancelled: the pick node was stopped (SIGINT or SIGTERM) before the pick ended" in output
     assert took < 2.0
+
+
+HANGING_TEARDOWN = """
+import sys, time
+from dino_vla.ros.localiser_node import LocaliserNode
+from dino_vla.ros.node_base import run_node
+
+class HangingTeardown(LocaliserNode):
+    def destroy_node(self):   # as a Fast DDS deadlock deleting a reader would
+        print("destroy_node: hanging", flush=True)
+        time.sleep(3600)
+
+sys.exit(run_node(HangingTeardown))
+"""
+
+
+def test_a_hung_dds_teardown_ends_the_node_with_its_stacks(dds_env, tmp_path):
+    script = tmp_path / "hanging_teardown.py"
+    script.write_text(HANGING_TEARDOWN)
+    process = start(LOCALISER, {**os.environ, **dds_env}, tmp_path, program=(str(script),))
+    started = []
+    for line in process.stdout:   # ends if the node does
+        started.append(line)
+        if "localising in" in line:
+            break
+    assert process.poll() is None, "".join(started)
+    begin = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    try:
+        output, _ = process.communicate(timeout=DDS_TEARDOWN_S + 10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running {DDS_TEARDOWN_S + 10:g} s after SIGINT:\n{process.communicate()[0][-3000:]}")
+    took = time.monotonic() - begin
+    output = "".join(started) + output
+    assert "destroy_node: hanging" in output, output[-3000:]
+    assert process.returncode == 1, output[-3000:]
+    assert f"Timeout (0:00:0{DDS_TEARDOWN_S:.0f})!" in output and "in destroy_node" in output, output[-3000:]
+    assert DDS_TEARDOWN_S <= took < DDS_TEARDOWN_S + 5
