@@ -121,5 +121,5 @@ def test_a_hung_dds_teardown_ends_the_node_with_its_stacks(dds_env, tmp_path):
     output = "".join(started) + output
     assert "destroy_node: hanging" in output, output[-3000:]
     assert process.returncode == 1, output[-3000:]
-    assert f"Timeout (0:00:0{DDS_TEARDOWN_S:.0f})!" in output and "in destroy_node" in output, output[-3000:]
+    assert "Timeout (0:00:" in output and "in destroy_node" in output, output[-3000:]   # faulthandler's dump
     assert DDS_TEARDOWN_S <= took < DDS_TEARDOWN_S + 5
