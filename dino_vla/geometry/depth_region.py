@@ -41,6 +41,7 @@ class Regions:
 
     labels: np.ndarray     # (H, W) int32: 0 no object, k > 0 the k-th region
     points: np.ndarray     # (H, W, 3) every pixel's point in camera_to_base.parent (points_in)
+    valid: np.ndarray      # (H, W) bool: a pixel with a depth reading (points_in)
     above: np.ndarray      # (H, W) bool: a reading more than above_table_m above the table
     # what they were cut from, so that a caller handed them can tell whether they are the ones it would cut
     depth: DepthFrame
@@ -74,7 +75,7 @@ def object_regions(depth: DepthFrame, camera_to_base: RigidTransform, table_heig
     edge[1:] |= down
     edge[:-1] |= down
     _, labels = cv2.connectedComponents((above & ~edge).astype(np.uint8), connectivity=4)
-    return Regions(labels, points, above, depth, camera_to_base, table_height_m, settings)
+    return Regions(labels, points, valid, above, depth, camera_to_base, table_height_m, settings)
 
 
 def object_region(depth: DepthFrame, camera_to_base: RigidTransform, table_height_m: float,

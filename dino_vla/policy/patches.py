@@ -123,7 +123,7 @@ def camera_channels(rgb: np.ndarray, depth: DepthFrame, camera_to_base: RigidTra
     """(rows * cols, CAMERA_DIM) float32: each patch's camera channels (see CAMERA_DIM). `cut`: the frame's
     object regions where the caller has them (geometry.depth_region.object_regions)."""
     regions = object_regions(depth, camera_to_base, table_height_m, REGIONS, cut)
-    points, valid = regions.points, np.isfinite(depth.metres)
+    points, valid = regions.points, regions.valid
     height = points[..., 2] - table_height_m
     weight = grid.window(valid.astype(np.float32))
     sums = [grid.window(np.where(valid, c, 0.0)) for c in (points[..., 0], points[..., 1], height)]
