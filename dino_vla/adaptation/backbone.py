@@ -10,6 +10,15 @@ teacher's outputs are centred (Sinkhorn-Knopp, or DINO's EMA centre) and sharpen
 the masked patches, plus KoLeo (spreads the class tokens in a batch apart). When starting from pretrained
 weights, Gram anchoring (DINOv3) keeps the patch features' pairwise similarities close to the starting model's.
 
+With `views="objects"` (a dataset with depth), the crops are objects instead: each region that stands out of
+the table by depth (geometry.depth_region) is cut out as a square crop with its region as alpha. The teacher sees
+each global crop's object neutral, its own shading in one grey on a flat background, so its targets can only come
+from the object's outline and shading; the student sees the same window with the object in a random paint on a
+random background (another frame's window or noise), and local windows likewise, so it must learn to see past
+paint and background. The tiny random DINOv2 already tells categories apart on neutral crops (55 % k-NN on the
+probe's objects) but not on painted ones (14 %): this is what the views teach. The heads then carry BatchNorm
+(DINO's use_bn_in_head), without which their outputs were alike for every image and the targets went uniform.
+
 Collapse is watched: the teacher's per-sample target entropy (it reaches log K when the teacher says the same
 uniform thing for every image) and the distance of each class token to its nearest neighbour in the batch (it
 reaches 0 when every image maps to one point).
@@ -38,14 +47,20 @@ from transformers import AutoImageProcessor, Dinov2Model
 
 from dino_vla.adaptation.settings import BackboneDistillation
 from dino_vla.dataset.format import Dataset, DatasetError
+from dino_vla.geometry.depth_region import object_regions
 from dino_vla.models.loading import ModelUnavailableError, load_model_and_processor
 from dino_vla.training_state import (TrainingStateError, load_training_state, save_training_state,
                                      write_training_record)
-from dino_vla.types import IMAGE_SUFFIXES
+from dino_vla.models.segmenter import crop_window
+from dino_vla.types import IMAGE_SUFFIXES, tight_box
 
 TRAINING_FILE = "pretrain_backbone.json"
 DISTILLATION_FILE = "distillation.safetensors"
 DINOV2_TYPES = ("dinov2",)
+VIEWS = ("frames", "objects")
+OBJECT_CONTEXT = 2.0          # an object's crop is this many times its box (as the probe's and the segmenter's)
+NEUTRAL_PAINT = 150.0         # the teacher's object grey and background grey (0-255)
+NEUTRAL_BACKGROUND = 60.0
 
 
 # ---- frames --------------------------------------------------------------------------------------------------
@@ -136,15 +151,33 @@ class Views:
     global_crops: torch.Tensor     # (2B, 3, G, G): crop 0 of every frame, then crop 1 of every frame
     local_crops: torch.Tensor      # (LB, 3, l, l), same order: local crop j of frame i at j * B + i
     masks: torch.Tensor            # (2B, patches) bool: patches the student sees as mask tokens
+    teacher_crops: torch.Tensor | None = None   # (2B, 3, G, G) what the teacher sees instead of global_crops
+
+    def to(self, device: torch.device) -> "Views":
+        return Views(self.global_crops.to(device), self.local_crops.to(device), self.masks.to(device),
+                     None if self.teacher_crops is None else self.teacher_crops.to(device))
+
+
+def _tensor(crops: list[np.ndarray], mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    if not crops:
+        return torch.zeros(0)
+    x = (np.stack(crops).astype(np.float32) / 255.0 - mean) / std
+    return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+
+
+def ibot_masks(images: int, side: int, settings: BackboneDistillation, rng: np.random.Generator) -> torch.Tensor:
+    """(images, side * side) bool: mask_probability of the global crops get mask_ratio of their patches masked."""
+    s = settings
+    masks = np.zeros((images, side * side), bool)
+    masked = rng.permutation(images)[:round(s.mask_probability * images)] if s.ibot_weight > 0 else []
+    for row in masked:
+        masks[row, rng.permutation(side * side)[:max(1, round(rng.uniform(*s.mask_ratio) * side * side))]] = True
+    return torch.from_numpy(masks)
 
 
 def draw_views(frames: list[np.ndarray], chosen: list[int], settings: BackboneDistillation, patch_size: int,
                mean: np.ndarray, std: np.ndarray, rng: np.random.Generator) -> Views:
     """The crops and iBOT masks of one batch, all drawn from `rng`."""
-    def tensor(crops: list[np.ndarray]) -> torch.Tensor:
-        x = (np.stack(crops).astype(np.float32) / 255.0 - mean) / std
-        return torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-
     s = settings
     # DINO's views of one image overlap (global crops cover 32-100 % of it): the image each frame gives here is a
     # window of it (region_scale), so that table-top objects come out large; views of whole frames would show
@@ -159,14 +192,109 @@ def draw_views(frames: list[np.ndarray], chosen: list[int], settings: BackboneDi
                  for region in regions] for k in range(2)]
     locals_ = [[photometric(random_resized_crop(region, s.local_size, s.local_scale, rng), rng, 0.5, 0.0, **look)
                 for region in regions] for _ in range(s.local_crops)]
-    side = s.global_size // patch_size
-    masks = np.zeros((2 * len(chosen), side * side), bool)
-    masked = rng.permutation(len(masks))[:round(s.mask_probability * len(masks))] if s.ibot_weight > 0 else []
-    for row in masked:
-        masks[row, rng.permutation(side * side)[:max(1, round(rng.uniform(*s.mask_ratio) * side * side))]] = True
-    return Views(tensor(globals_[0] + globals_[1]),
-                 tensor([c for crops in locals_ for c in crops]) if locals_ else torch.zeros(0),
-                 torch.from_numpy(masks))
+    return Views(_tensor(globals_[0] + globals_[1], mean, std), _tensor(sum(locals_, []), mean, std),
+                 ibot_masks(2 * len(chosen), s.global_size // patch_size, s, rng))
+
+
+# ---- object views --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObjectCrops:
+    crops: list[np.ndarray]        # (S, S, 4) uint8: RGB around an object, alpha 255 on its depth region
+    backgrounds: list[np.ndarray]  # (S, S, 3) uint8: windows of the same frames, for the student's backgrounds
+    frames: int                    # frames they were cut from
+
+
+def object_crops(data: str | Path, settings: BackboneDistillation) -> ObjectCrops:
+    """Every object region of the dataset's frames (or of max_frames of them, a seeded choice) with at least
+    min_object_pixels pixels, cut out as a square crop of global_size pixels, OBJECT_CONTEXT times its box."""
+    root = Path(data)
+    if not (root / "meta" / "info.json").is_file():
+        raise DatasetError(f"views 'objects' cuts objects out by depth: {root} must be a dataset (record-sim or "
+                           f"the recorder node), not a folder of images")
+    dataset = Dataset(root)
+    if dataset.num_frames == 0:
+        raise DatasetError(f"{root} holds no frames")
+    s, side = settings, settings.global_size
+    rng = np.random.default_rng(s.seed)
+    chosen = rng.permutation(dataset.num_frames)[:s.max_frames] if s.max_frames else np.arange(dataset.num_frames)
+    crops, backgrounds = [], []
+    for index in sorted(chosen.tolist()):
+        frame = dataset.frame(index)
+        regions = object_regions(frame.depth_frame(), frame.camera_to_base, s.table_height_m)
+        for label in range(1, int(regions.labels.max()) + 1):
+            mask = regions.labels == label
+            if mask.sum() < s.min_object_pixels:
+                continue
+            x0, y0, x1, y1 = crop_window(tight_box(mask), mask.shape, OBJECT_CONTEXT)
+            rgba = np.dstack([frame.rgb[y0:y1, x0:x1], mask[y0:y1, x0:x1].astype(np.uint8) * 255])
+            crops.append(cv2.resize(rgba, (side, side), interpolation=cv2.INTER_LINEAR))
+        for _ in range(2):
+            x0, y0, cw, ch = random_window(*frame.rgb.shape[:2], s.region_scale, rng)
+            backgrounds.append(cv2.resize(frame.rgb[y0:y0 + ch, x0:x0 + cw], (side, side),
+                                          interpolation=cv2.INTER_AREA))
+    if not crops:
+        raise DatasetError(f"no object of {s.min_object_pixels} pixels or more stands out of the table "
+                           f"(table_height_m {s.table_height_m}) by depth in the {len(chosen)} frames of {root}")
+    return ObjectCrops(crops, backgrounds, len(chosen))
+
+
+def painted(crop: np.ndarray, paint: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """The object (the crop's alpha, grown by a pixel so that no rim of its old paint is left) in `paint` (RGB,
+    0-255) with its own shading (luminance over its median), on `background` (H, W, 3)."""
+    rgb = crop[..., :3].astype(np.float32)
+    alpha = cv2.dilate(crop[..., 3], np.ones((3, 3), np.uint8))
+    region = alpha > 0
+    luminance = rgb.mean(axis=2)
+    own = crop[..., 3] > 127
+    shading = np.clip(luminance / max(float(np.median(luminance[own])), 8.0), 0.0, 2.5) if own.any() else luminance
+    rgb[region] = np.clip(shading[region, None] * paint, 0, 255)
+    a = alpha[..., None].astype(np.float32) / 255.0
+    return (rgb * a + background * (1 - a)).astype(np.uint8)
+
+
+def square_window(side: int, scale: tuple[float, float], rng: np.random.Generator) -> tuple[int, int, int]:
+    """x0, y0 and side of a square window of `scale` of a square image's area: the object keeps its proportions."""
+    w = max(1, round(side * math.sqrt(rng.uniform(*scale))))
+    return int(rng.integers(0, side - w + 1)), int(rng.integers(0, side - w + 1)), w
+
+
+def _cut(image: np.ndarray, window: tuple[int, int, int], size: int) -> np.ndarray:
+    x0, y0, w = window
+    return cv2.resize(image[y0:y0 + w, x0:x0 + w], (size, size), interpolation=cv2.INTER_LINEAR)
+
+
+def draw_object_views(objects: ObjectCrops, chosen: list[int], settings: BackboneDistillation, patch_size: int,
+                      mean: np.ndarray, std: np.ndarray, rng: np.random.Generator) -> Views:
+    """One batch of object views, all drawn from `rng`: the teacher's neutral global crops, the student's painted
+    ones through the same windows, the student's painted local crops, and iBOT masks."""
+    s = settings
+    side = objects.crops[0].shape[0]
+    flat = np.full((side, side, 3), NEUTRAL_BACKGROUND, np.float32)
+    neutral_paint = np.full(3, NEUTRAL_PAINT, np.float32)
+
+    def student(crop: np.ndarray, window: tuple[int, int, int], size: int, blur: float, solarize: float):
+        if rng.random() < 0.5:
+            background = objects.backgrounds[int(rng.integers(len(objects.backgrounds)))].astype(np.float32)
+        else:
+            background = rng.uniform(0, 255, 3) + rng.normal(0, 20, (side, side, 3))
+        image = painted(crop, rng.uniform(20, 235, 3), np.clip(background, 0, 255))
+        return photometric(_cut(image, window, size), rng, blur, solarize, hue=s.hue_jitter,
+                           greyscale=s.greyscale_probability)
+
+    teacher, globals_, locals_ = [[], []], [[], []], [[] for _ in range(s.local_crops)]
+    for i in chosen:
+        crop = objects.crops[i]
+        neutral = painted(crop, neutral_paint, flat)
+        for k in range(2):
+            window = square_window(side, s.global_scale, rng)
+            teacher[k].append(_cut(neutral, window, s.global_size))
+            globals_[k].append(student(crop, window, s.global_size, 1.0 if k == 0 else 0.1, 0.0 if k == 0 else 0.2))
+        for j in range(s.local_crops):
+            locals_[j].append(student(crop, square_window(side, s.local_scale, rng), s.local_size, 0.5, 0.0))
+    return Views(_tensor(globals_[0] + globals_[1], mean, std), _tensor(sum(locals_, []), mean, std),
+                 ibot_masks(2 * len(chosen), s.global_size // patch_size, s, rng),
+                 _tensor(teacher[0] + teacher[1], mean, std))
 
 
 # ---- heads and losses ----------------------------------------------------------------------------------------
@@ -175,10 +303,15 @@ class ProjectionHead(torch.nn.Module):
     """DINO's head: a 3-layer MLP to an L2-normalised bottleneck, then a weight-normalised linear layer onto the
     prototypes whose norm is fixed at 1 (only its direction is learnt)."""
 
-    def __init__(self, dim: int, hidden: int, bottleneck: int, prototypes: int):
+    def __init__(self, dim: int, hidden: int, bottleneck: int, prototypes: int, batch_norm: bool = False):
         super().__init__()
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, hidden),
-                                       torch.nn.GELU(), torch.nn.Linear(hidden, bottleneck))
+
+        def norm() -> list[torch.nn.Module]:
+            return [torch.nn.BatchNorm1d(hidden)] if batch_norm else []
+
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, hidden), *norm(), torch.nn.GELU(),
+                                       torch.nn.Linear(hidden, hidden), *norm(), torch.nn.GELU(),
+                                       torch.nn.Linear(hidden, bottleneck))
         for layer in self.mlp:
             if isinstance(layer, torch.nn.Linear):
                 torch.nn.init.trunc_normal_(layer.weight, std=0.02)
@@ -298,7 +431,8 @@ class Distillation(torch.nn.Module):
         self.settings = settings
         dim = backbone.config.hidden_size
         self.student = backbone
-        self.student_head = ProjectionHead(dim, settings.head_hidden, settings.head_bottleneck, settings.prototypes)
+        self.student_head = ProjectionHead(dim, settings.head_hidden, settings.head_bottleneck, settings.prototypes,
+                                           settings.head_batch_norm)
         self.teacher = copy.deepcopy(backbone)
         self.teacher_head = copy.deepcopy(self.student_head)
         for p in [*self.teacher.parameters(), *self.teacher_head.parameters()]:
@@ -332,7 +466,8 @@ class Distillation(torch.nn.Module):
         s = self.settings
         n = views.global_crops.shape[0]
         with torch.no_grad():
-            hidden = self.teacher(pixel_values=views.global_crops).last_hidden_state
+            teacher_crops = views.global_crops if views.teacher_crops is None else views.teacher_crops
+            hidden = self.teacher(pixel_values=teacher_crops).last_hidden_state
             # token 0 is CLS; any register tokens sit between it and the patch tokens
             patches = hidden[:, -views.masks.shape[1]:]
             cls_targets = self._targets(self.teacher_head(hidden[:, 0]), temperature, self.centre)
@@ -348,8 +483,9 @@ class Distillation(torch.nn.Module):
         b = n // 2
         teacher_views = cls_targets.view(2, b, -1)
         student_views = student_logits.view(-1, b, student_logits.shape[-1])
+        # a teacher crop other than the student's makes the same view a pair to learn from too
         terms = [cross_entropy(teacher_views[t], student_views[v], s.student_temperature).mean()
-                 for t in range(2) for v in range(len(student_views)) if v != t]
+                 for t in range(2) for v in range(len(student_views)) if v != t or views.teacher_crops is not None]
         dino = torch.stack(terms).mean()
         loss, parts = dino, {"dino": dino.item()}
         if patch_targets is not None:
@@ -409,7 +545,12 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
     check_backbone_source(model_source)
     model, processor = load_model_and_processor(Dinov2Model, AutoImageProcessor, model_source, device, "float32",
                                                 what="DINOv2 backbone", parameter="--model")
-    frames = unlabelled_frames(data, settings.frame_short_side, settings.max_frames, settings.seed)
+    if settings.views == "objects":
+        objects = object_crops(data, settings)
+        items, frame_count = objects.crops, objects.frames
+    else:
+        items = unlabelled_frames(data, settings.frame_short_side, settings.max_frames, settings.seed)
+        frame_count = len(items)
     torch.manual_seed(settings.seed)
     net = Distillation(model, settings).to(model.device)
     optimizer = torch.optim.AdamW(net.parameter_groups(settings.weight_decay), lr=settings.learning_rate)
@@ -428,10 +569,9 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
     while step < settings.steps and not (settings.minutes and time.monotonic() - started > 60 * settings.minutes):
         # the batch depends only on (seed, step): a resumed run draws the same crops and masks
         rng = np.random.default_rng([settings.seed, step])
-        chosen = rng.integers(0, len(frames), settings.batch_size).tolist()
-        views = draw_views(frames, chosen, settings, patch, mean, std, rng)
-        views = Views(views.global_crops.to(model.device), views.local_crops.to(model.device),
-                      views.masks.to(model.device))
+        chosen = rng.integers(0, len(items), settings.batch_size).tolist()
+        views = (draw_object_views(objects, chosen, settings, patch, mean, std, rng) if settings.views == "objects"
+                 else draw_views(items, chosen, settings, patch, mean, std, rng)).to(model.device)
         lr = learning_rate(settings, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -462,7 +602,8 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
             _save(out, net, processor, optimizer, step, settings, history, model_source)
     _save(out, net, processor, optimizer, step, settings, history, model_source)
     entropies = [h["teacher_entropy"] for h in history]
-    return {"out": str(out), "steps": step, "frames": len(frames),
+    return {"out": str(out), "steps": step, "frames": frame_count,
+            **({"objects": len(items)} if settings.views == "objects" else {}),
             "minutes": round((time.monotonic() - started) / 60, 2),
             "log_k": round(math.log(settings.prototypes), 4),
             "teacher_entropy": round(last["teacher_entropy"], 4) if last else None,
@@ -483,6 +624,10 @@ def _validate(s: BackboneDistillation) -> None:
         problems.append("teacher momentum in [0, 1), teacher temperatures > 0")
     if not 0 <= s.hue_jitter <= 0.5 or not 0 <= s.greyscale_probability <= 1:
         problems.append("hue_jitter in [0, 0.5] (a turn), greyscale_probability in [0, 1]")
+    if s.views not in VIEWS:
+        problems.append(f"views must be one of {VIEWS}, got {s.views!r}")
+    if s.min_object_pixels < 1:
+        problems.append("min_object_pixels >= 1")
     if s.centering not in ("sinkhorn", "centre"):
         problems.append(f"centering must be sinkhorn or centre, got {s.centering!r}")
     for name in ("region_scale", "global_scale", "local_scale", "mask_ratio"):

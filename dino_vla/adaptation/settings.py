@@ -78,6 +78,13 @@ class BackboneDistillation:
     hue_jitter: float = 0.5          # the largest hue turn, as a fraction of the colour circle (0.5: any hue)
     greyscale_probability: float = 0.5
     frame_short_side: int = 480      # frames are kept in memory at this size (decoded once): ~1 MB each
+    # views="objects": objects cut out of a dataset's frames by depth (object_regions), each a square crop of
+    # global_size pixels; the teacher sees an object neutral (its own shading in one grey on a flat background)
+    # and the student sees it in a random paint on a random background (OBJECT_VIEWS below)
+    views: str = "frames"            # frames | objects
+    table_height_m: float = 0.40     # the support surface in the dataset's base frame (objects stand above it)
+    min_object_pixels: int = 200     # smaller depth regions are not cut out
+    head_batch_norm: bool = False    # BatchNorm in the heads' MLP (DINO's use_bn_in_head)
     koleo_weight: float = 0.1
     ibot_weight: float = 1.0
     mask_probability: float = 0.5    # share of global crops that get iBOT masks...
@@ -87,3 +94,18 @@ class BackboneDistillation:
     save_every: int = 250
     seed: int = 0
     max_frames: int = 0              # 0: every frame
+
+
+# What views="objects" changes unless given otherwise (the settings of the run measured in the README): object
+# crops are small, square windows keep the object's proportions (a can and a jar differ in them), and without
+# BatchNorm in the heads the teacher's targets went uniform within 400 steps (every image's head output alike)
+OBJECT_VIEWS = {"global_size": 112, "local_size": 56, "global_scale": (0.7, 1.0), "local_scale": (0.25, 0.5),
+                "learning_rate": 3e-4, "teacher_temperature_start": 0.02, "teacher_temperature": 0.02,
+                "ibot_weight": 0.0, "head_batch_norm": True}
+
+
+def backbone_distillation(views: str = "frames", **given) -> BackboneDistillation:
+    """Settings for `views`: the dataclass's defaults, then OBJECT_VIEWS for objects, then what is `given` (None:
+    not given)."""
+    preset = OBJECT_VIEWS if views == "objects" else {}
+    return BackboneDistillation(views=views, **{**preset, **{k: v for k, v in given.items() if v is not None}})

@@ -524,6 +524,19 @@ def test_pretrain_backbone_then_resume_and_its_errors(env, tmp_path):
     assert empty.returncode == 1 and empty.stderr.strip().splitlines()[-1].startswith(
         "dino-vla: empty holds no frames")
 
+    # object views: the preset (BatchNorm heads, lr 3e-4) where nothing else is given, what is given over it
+    objects = dino_vla("pretrain-backbone", "--data", "demos", "--out", "bb-objects", "--views", "objects",
+                       "--steps", "2", *SMALL_DISTILLATION, env=env, cwd=tmp_path)
+    assert objects.returncode == 0, objects.stderr
+    summary = json.loads(objects.stdout.splitlines()[-1])
+    assert summary["steps"] == 2 and summary["frames"] == 2 and summary["objects"] >= 4, summary
+    settings = json.loads((tmp_path / "bb-objects" / "pretrain_backbone.json").read_text())["settings"]
+    assert settings["views"] == "objects" and settings["head_batch_norm"] and settings["learning_rate"] == 3e-4
+    assert settings["global_size"] == 56 and settings["global_scale"] == [0.7, 1.0]
+    folder = dino_vla("pretrain-backbone", "--data", "empty", "--out", "x", "--views", "objects", env=env,
+                      cwd=tmp_path)
+    assert folder.returncode == 1 and "cuts objects out by depth" in folder.stderr.splitlines()[-1]
+
 
 def test_probe_backbone_and_a_policy_trained_on_a_pretrained_backbone(env, tmp_path):
     assert dino_vla("record-sim", "-n", "2", "--out", "demos", env=env, cwd=tmp_path).returncode == 0
