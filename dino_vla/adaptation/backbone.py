@@ -49,9 +49,9 @@ from dino_vla.adaptation.settings import BackboneDistillation
 from dino_vla.dataset.format import Dataset, DatasetError
 from dino_vla.geometry.depth_region import object_regions
 from dino_vla.models.loading import ModelUnavailableError, load_model_and_processor
+from dino_vla.models.segmenter import crop_window
 from dino_vla.training_state import (TrainingStateError, load_training_state, save_training_state,
                                      write_training_record)
-from dino_vla.models.segmenter import crop_window
 from dino_vla.types import IMAGE_SUFFIXES, tight_box
 
 TRAINING_FILE = "pretrain_backbone.json"
@@ -247,8 +247,9 @@ def painted(crop: np.ndarray, paint: np.ndarray, background: np.ndarray) -> np.n
     region = alpha > 0
     luminance = rgb.mean(axis=2)
     own = crop[..., 3] > 127
-    shading = np.clip(luminance / max(float(np.median(luminance[own])), 8.0), 0.0, 2.5) if own.any() else luminance
-    rgb[region] = np.clip(shading[region, None] * paint, 0, 255)
+    if own.any():
+        shading = np.clip(luminance / max(float(np.median(luminance[own])), 8.0), 0.0, 2.5)
+        rgb[region] = np.clip(shading[region, None] * paint, 0, 255)
     a = alpha[..., None].astype(np.float32) / 255.0
     return (rgb * a + background * (1 - a)).astype(np.uint8)
 
