@@ -14,7 +14,7 @@ With `views="objects"` (a dataset with depth), the crops are objects instead: ea
 the table by depth (geometry.depth_region) is cut out as a square crop with its region as alpha. The teacher sees
 each global crop's object neutral, its own shading in one grey on a flat background, so its targets can only come
 from the object's outline and shading; the student sees the same window with the object in a random paint on a
-random background (another frame's window or noise), and local windows likewise, so it must learn to see past
+random background (a window of one of the frames, or noise), and local windows likewise, so it must learn to see past
 paint and background. The tiny random DINOv2 already tells categories apart on neutral crops (55 % k-NN on the
 probe's objects) but not on painted ones (14 %): this is what the views teach. The heads then carry BatchNorm
 (DINO's use_bn_in_head), without which their outputs were alike for every image and the targets went uniform.
@@ -45,7 +45,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, Dinov2Model
 
-from dino_vla.adaptation.settings import BackboneDistillation
+from dino_vla.adaptation.settings import BACKBONE_VIEWS, BackboneDistillation
 from dino_vla.dataset.format import Dataset, DatasetError
 from dino_vla.geometry.depth_region import object_regions
 from dino_vla.models.loading import ModelUnavailableError, load_model_and_processor
@@ -57,7 +57,6 @@ from dino_vla.types import IMAGE_SUFFIXES, tight_box
 TRAINING_FILE = "pretrain_backbone.json"
 DISTILLATION_FILE = "distillation.safetensors"
 DINOV2_TYPES = ("dinov2",)
-VIEWS = ("frames", "objects")
 OBJECT_CONTEXT = 2.0          # an object's crop is this many times its box (as the probe's and the segmenter's)
 NEUTRAL_PAINT = 150.0         # the teacher's object grey and background grey (0-255)
 NEUTRAL_BACKGROUND = 60.0
@@ -199,13 +198,13 @@ def draw_views(frames: list[np.ndarray], chosen: list[int], settings: BackboneDi
 # ---- object views --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class ObjectCrops:
+class DepthCutObjects:
     crops: list[np.ndarray]        # (S, S, 4) uint8: RGB around an object, alpha 255 on its depth region
     backgrounds: list[np.ndarray]  # (S, S, 3) uint8: windows of the same frames, for the student's backgrounds
     frames: int                    # frames they were cut from
 
 
-def object_crops(data: str | Path, settings: BackboneDistillation) -> ObjectCrops:
+def object_crops(data: str | Path, settings: BackboneDistillation) -> DepthCutObjects:
     """Every object region of the dataset's frames (or of max_frames of them, a seeded choice) with at least
     min_object_pixels pixels, cut out as a square crop of global_size pixels, OBJECT_CONTEXT times its box."""
     root = Path(data)
@@ -236,7 +235,7 @@ def object_crops(data: str | Path, settings: BackboneDistillation) -> ObjectCrop
     if not crops:
         raise DatasetError(f"no object of {s.min_object_pixels} pixels or more stands out of the table "
                            f"(table_height_m {s.table_height_m}) by depth in the {len(chosen)} frames of {root}")
-    return ObjectCrops(crops, backgrounds, len(chosen))
+    return DepthCutObjects(crops, backgrounds, len(chosen))
 
 
 def painted(crop: np.ndarray, paint: np.ndarray, background: np.ndarray) -> np.ndarray:
@@ -265,10 +264,11 @@ def _cut(image: np.ndarray, window: tuple[int, int, int], size: int) -> np.ndarr
     return cv2.resize(image[y0:y0 + w, x0:x0 + w], (size, size), interpolation=cv2.INTER_LINEAR)
 
 
-def draw_object_views(objects: ObjectCrops, chosen: list[int], settings: BackboneDistillation, patch_size: int,
+def draw_object_views(objects: DepthCutObjects, chosen: list[int], settings: BackboneDistillation, patch_size: int,
                       mean: np.ndarray, std: np.ndarray, rng: np.random.Generator) -> Views:
     """One batch of object views, all drawn from `rng`: the teacher's neutral global crops, the student's painted
-    ones through the same windows, the student's painted local crops, and iBOT masks."""
+    ones through the same windows (then mirrored half the time, as DINO's flips), the student's painted local
+    crops, and iBOT masks (none: object views refuse iBOT)."""
     s = settings
     side = objects.crops[0].shape[0]
     flat = np.full((side, side, 3), NEUTRAL_BACKGROUND, np.float32)
@@ -306,6 +306,8 @@ class ProjectionHead(torch.nn.Module):
 
     def __init__(self, dim: int, hidden: int, bottleneck: int, prototypes: int, batch_norm: bool = False):
         super().__init__()
+        # with batch_norm, each call normalises over its own rows: the student's global and local crops apart
+        # (DINO's wrapper runs the head once over both), as in the measured object-view run
 
         def norm() -> list[torch.nn.Module]:
             return [torch.nn.BatchNorm1d(hidden)] if batch_norm else []
@@ -625,8 +627,13 @@ def _validate(s: BackboneDistillation) -> None:
         problems.append("teacher momentum in [0, 1), teacher temperatures > 0")
     if not 0 <= s.hue_jitter <= 0.5 or not 0 <= s.greyscale_probability <= 1:
         problems.append("hue_jitter in [0, 0.5] (a turn), greyscale_probability in [0, 1]")
-    if s.views not in VIEWS:
-        problems.append(f"views must be one of {VIEWS}, got {s.views!r}")
+    if s.views not in BACKBONE_VIEWS:
+        problems.append(f"views must be one of {BACKBONE_VIEWS}, got {s.views!r}")
+    if s.views == "objects" and s.ibot_weight > 0:
+        # the student's crops are mirrored half the time and the teacher's never: a patch is not the teacher's
+        # patch at the same place
+        problems.append("iBOT (ibot_weight > 0) needs the teacher's and the student's patches at the same place; "
+                        "object views mirror the student's crops only: set it to 0")
     if s.min_object_pixels < 1:
         problems.append("min_object_pixels >= 1")
     if s.centering not in ("sinkhorn", "centre"):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# the crops pretrain-backbone learns from: windows of frames (DINO's), or objects cut out by depth
+BACKBONE_VIEWS = ("frames", "objects")
 # the colour-blind probe's paints: one colour per scene for all its objects (colour-blind), or the catalogue's
 PROBE_PAINTS = ("one", "usual")
 
@@ -81,7 +83,7 @@ class BackboneDistillation:
     # views="objects": objects cut out of a dataset's frames by depth (object_regions), each a square crop of
     # global_size pixels; the teacher sees an object neutral (its own shading in one grey on a flat background)
     # and the student sees it in a random paint on a random background (OBJECT_VIEWS below)
-    views: str = "frames"            # frames | objects
+    views: str = "frames"            # BACKBONE_VIEWS
     table_height_m: float = 0.40     # the support surface in the dataset's base frame (objects stand above it)
     min_object_pixels: int = 200     # smaller depth regions are not cut out
     head_batch_norm: bool = False    # BatchNorm in the heads' MLP (DINO's use_bn_in_head)
@@ -100,8 +102,7 @@ class BackboneDistillation:
 # crops are small, square windows keep the object's proportions (a can and a jar differ in them), and without
 # BatchNorm in the heads the teacher's targets went uniform within 400 steps (every image's head output alike)
 OBJECT_VIEWS = {"global_size": 112, "local_size": 56, "global_scale": (0.7, 1.0), "local_scale": (0.25, 0.5),
-                "learning_rate": 3e-4, "teacher_temperature_start": 0.02, "teacher_temperature": 0.02,
-                "ibot_weight": 0.0, "head_batch_norm": True}
+                "learning_rate": 3e-4, "teacher_temperature": 0.02, "ibot_weight": 0.0, "head_batch_norm": True}
 
 
 def backbone_distillation(views: str = "frames", **given) -> BackboneDistillation:

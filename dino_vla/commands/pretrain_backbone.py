@@ -12,7 +12,7 @@ RANDOM_TINY = "random-tiny"
 
 
 def add_parser(subparsers) -> None:
-    from dino_vla.adaptation.settings import OBJECT_VIEWS
+    from dino_vla.adaptation.settings import BACKBONE_VIEWS, OBJECT_VIEWS
     from dino_vla.adaptation.settings import BackboneDistillation as S
 
     def default(name: str) -> str:
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", "-o", required=True, help="output directory: a transformers Dinov2Model (the "
                    "teacher; safetensors + processor) with pretrain_backbone.json and the training state, written "
                    "every --save-every steps")
-    p.add_argument("--views", choices=("frames", "objects"), default=S.views, help="frames: DINO's crops of whole "
+    p.add_argument("--views", choices=BACKBONE_VIEWS, default=S.views, help="frames: DINO's crops of windows of "
                    "frames; objects: objects cut out of a dataset's frames by depth, the teacher seeing each one "
                    "neutral (grey, flat background) and the student repainted on random backgrounds, so that it "
                    "learns to see past paint and background (the run measured in the README)")
@@ -39,14 +39,15 @@ def add_parser(subparsers) -> None:
                    "here) or a hub id / local directory such as facebook/dinov2-small")
     p.add_argument("--steps", type=int, default=S.steps, help=f"optimiser steps in all (default {S.steps})")
     p.add_argument("--minutes", type=float, default=0.0, help="also stop after this much wall time (0: no limit)")
-    p.add_argument("--batch-size", type=int, default=S.batch_size, help="frames per step")
+    p.add_argument("--batch-size", type=int, default=S.batch_size, help="frames per step (objects with --views "
+                   "objects)")
     p.add_argument("--lr", type=float, default=None, help=f"peak learning rate after the warm-up "
                    f"({default('learning_rate')})")
     p.add_argument("--warmup-steps", type=int, default=S.warmup_steps)
     p.add_argument("--prototypes", type=int, default=S.prototypes, help="K, the heads' prototypes")
     p.add_argument("--centering", choices=("sinkhorn", "centre"), default=S.centering)
     p.add_argument("--teacher-momentum", type=float, default=S.teacher_momentum)
-    p.add_argument("--teacher-temp-start", type=float, default=None, help=default("teacher_temperature_start"))
+    p.add_argument("--teacher-temp-start", type=float, default=S.teacher_temperature_start)
     p.add_argument("--teacher-temp", type=float, default=None, help="teacher temperature after the warm-up "
                    f"({default('teacher_temperature')}; DINO's 0.07)")
     p.add_argument("--teacher-temp-warmup", type=int, default=S.teacher_temperature_warmup,

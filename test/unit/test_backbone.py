@@ -36,7 +36,7 @@ SMALL = BackboneDistillation(steps=3, batch_size=4, warmup_steps=1, prototypes=3
                              save_every=2, freeze_last_layer_steps=1, teacher_temperature_warmup=2)
 # the same with object views (objects of the sim's frames are 300-3000 pixels)
 OBJECTS = replace(SMALL, views="objects", global_scale=(0.7, 1.0), local_scale=(0.25, 0.5), head_batch_norm=True,
-                  min_object_pixels=100)
+                  ibot_weight=0.0, min_object_pixels=100)
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_object_views_show_the_teacher_the_object_neutral_and_the_student_it_pai
 
     views = draw(0)
     assert views.teacher_crops.shape == views.global_crops.shape == (8, 3, 56, 56)
-    assert views.local_crops.shape == (8, 3, 28, 28) and views.masks.shape == (8, 16)
+    assert views.local_crops.shape == (8, 3, 28, 28) and views.masks.shape == (8, 16) and not views.masks.any()
     teacher = views.teacher_crops * 255
     # neutral: grey everywhere (R = G = B), the flat background's grey around the object
     assert torch.allclose(teacher[:, 0], teacher[:, 1], atol=1) and torch.allclose(teacher[:, 0], teacher[:, 2], atol=1)
@@ -289,6 +289,8 @@ def test_clear_errors(frames, tiny_models, tmp_path):
         pretrain_backbone(frames, tmp_path / "o1", tiny_models.features, replace(SMALL, centering="mean"))
     with pytest.raises(ValueError, match="views must be one of"):
         pretrain_backbone(frames, tmp_path / "o1", tiny_models.features, replace(SMALL, views="tiles"))
+    with pytest.raises(ValueError, match="object views mirror the student's crops only"):
+        pretrain_backbone(frames, tmp_path / "o1", tiny_models.features, replace(OBJECTS, ibot_weight=1.0))
     with pytest.raises(DatasetError, match="cuts objects out by depth.*not a folder of images"):
         pretrain_backbone(tmp_path / "empty", tmp_path / "o1", tiny_models.features, OBJECTS)
     DatasetWriter(tmp_path / "no_frames_either", source="test").close()
