@@ -87,14 +87,18 @@ def unlabelled_frames(data: str | Path, short_side: int, max_frames: int = 0, se
         raise DatasetError(f"{root} is neither a dataset nor a folder of images")
     if count == 0:
         raise DatasetError(f"{root} holds no frames (a dataset, or a folder of {', '.join(IMAGE_SUFFIXES)} images)")
-    chosen = np.random.default_rng(seed).permutation(count)[:max_frames] if max_frames else np.arange(count)
     frames = []
-    for index in sorted(chosen.tolist()):
+    for index in frame_choice(count, max_frames, np.random.default_rng(seed)):
         rgb = read(index)
         scale = short_side / min(rgb.shape[:2])
         frames.append(cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)),
                                  interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR))
     return frames
+
+
+def frame_choice(count: int, max_frames: int, rng: np.random.Generator) -> list[int]:
+    """The indices of the frames a run uses, in order: every frame, or a random choice of max_frames (> 0)."""
+    return sorted((rng.permutation(count)[:max_frames] if max_frames else np.arange(count)).tolist())
 
 
 # ---- multi-crop ----------------------------------------------------------------------------------------------
@@ -216,9 +220,9 @@ def object_crops(data: str | Path, settings: BackboneDistillation) -> DepthCutOb
         raise DatasetError(f"{root} holds no frames")
     s, side = settings, settings.global_size
     rng = np.random.default_rng(s.seed)
-    chosen = rng.permutation(dataset.num_frames)[:s.max_frames] if s.max_frames else np.arange(dataset.num_frames)
+    chosen = frame_choice(dataset.num_frames, s.max_frames, rng)
     crops, backgrounds = [], []
-    for index in sorted(chosen.tolist()):
+    for index in chosen:
         frame = dataset.frame(index)
         regions = object_regions(frame.depth_frame(), frame.camera_to_base, s.table_height_m)
         for label in range(1, int(regions.labels.max()) + 1):
