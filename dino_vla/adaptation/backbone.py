@@ -30,6 +30,7 @@ history)."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import time
@@ -554,10 +555,12 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
                                                 what="DINOv2 backbone", parameter="--model")
     if settings.views == "objects":
         objects = object_crops(data, settings)
-        items, frame_count = objects.crops, objects.frames
+        items, frame_count, counts = objects.crops, objects.frames, {"objects": len(objects.crops)}
+        draw = functools.partial(draw_object_views, objects)
     else:
         items = unlabelled_frames(data, settings.frame_short_side, settings.max_frames, settings.seed)
-        frame_count = len(items)
+        frame_count, counts = len(items), {}
+        draw = functools.partial(draw_views, items)
     torch.manual_seed(settings.seed)
     net = Distillation(model, settings).to(model.device)
     optimizer = torch.optim.AdamW(net.parameter_groups(settings.weight_decay), lr=settings.learning_rate)
@@ -577,8 +580,7 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
         # the batch depends only on (seed, step): a resumed run draws the same crops and masks
         rng = np.random.default_rng([settings.seed, step])
         chosen = rng.integers(0, len(items), settings.batch_size).tolist()
-        views = (draw_object_views(objects, chosen, settings, patch, mean, std, rng) if settings.views == "objects"
-                 else draw_views(items, chosen, settings, patch, mean, std, rng)).to(model.device)
+        views = draw(chosen, settings, patch, mean, std, rng).to(model.device)
         lr = learning_rate(settings, step)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -609,8 +611,7 @@ def pretrain_backbone(data: str | Path, out: str | Path, model_source: str,
             _save(out, net, processor, optimizer, step, settings, history, model_source)
     _save(out, net, processor, optimizer, step, settings, history, model_source)
     entropies = [h["teacher_entropy"] for h in history]
-    return {"out": str(out), "steps": step, "frames": frame_count,
-            **({"objects": len(items)} if settings.views == "objects" else {}),
+    return {"out": str(out), "steps": step, "frames": frame_count, **counts,
             "minutes": round((time.monotonic() - started) / 60, 2),
             "log_k": round(math.log(settings.prototypes), 4),
             "teacher_entropy": round(last["teacher_entropy"], 4) if last else None,
