@@ -204,3 +204,30 @@ def test_two_processes_train_with_distributed_data_parallel_on_cpu(frames, tiny_
     before = GroundingDinoForObjectDetection.from_pretrained(tiny_models.detector)
     after = GroundingDinoForObjectDetection.from_pretrained(tmp_path / "ddp")
     assert any(not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters()))
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it where one is lent)")
+def test_one_step_on_cuda_under_bfloat16_autocast(frames, tiny_models, tmp_path, monkeypatch):
+    """The GPU site's path: the batch moved to the GPU, the training forward under bfloat16 autocast (its linear
+    layers give bfloat16; the validation after the step runs in float32), the weights written in float32."""
+    linear, outputs = torch.nn.functional.linear, []
+
+    def watched(*args, **kwargs):
+        out = linear(*args, **kwargs)
+        outputs.append((out.device.type, out.dtype))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", watched)
+    losses = []
+    summary = finetune_detector(frames, tmp_path / "cuda", tiny_models.detector,
+                                DetectorTraining(steps=1, **FAST), device="cuda",
+                                progress=lambda step, loss: losses.append(loss))
+    monkeypatch.undo()
+    assert summary["steps"] == 1 and len(losses) == 1 and np.isfinite(losses[0])
+    assert {device for device, _ in outputs} == {"cuda"} and ("cuda", torch.bfloat16) in outputs
+    before = GroundingDinoForObjectDetection.from_pretrained(tiny_models.detector)
+    after = GroundingDinoForObjectDetection.from_pretrained(tmp_path / "cuda")
+    assert {p.dtype for p in after.parameters()} == {torch.float32}
+    assert all(torch.isfinite(p).all() for p in after.parameters())
+    assert any(not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters()))
