@@ -308,7 +308,10 @@ class TestPickCancel:
         key = bytes(goal.goal_id.uuid)
         assert client.spin_until(lambda: client.goal_statuses.get(key) == GoalStatus.STATUS_CANCELED, 10), \
             client.goal_statuses.get(key)
-        stops = [m for _, m in seen["commands"] if m.command == GraspCommand.STOP]
+        # the STOP and the action's result travel on different topics: either may arrive first
+        stopped = lambda: [m for _, m in seen["commands"] if m.command == GraspCommand.STOP]  # noqa: E731
+        assert client.spin_until(stopped, 10, running), "no STOP arrived on grasp_command"
+        stops = stopped()
         assert len(stops) == 1 and stops[0].reason == "the Pick goal was cancelled" and not stops[0].dry_run
         assert client.spin_until(lambda: any(m.header == grasp.header for _, m in seen["outcomes"]), 20)
         at, outcome = next((at, m) for at, m in seen["outcomes"] if m.header == grasp.header)
