@@ -297,9 +297,9 @@ class TestPickCancel:
         stages: list[str] = []
         goal = client._send_goal(Pick.Goal(instruction="pick up the cup"),
                                  lambda m: stages.append(m.feedback.stage), running)   # lost-response safe
-        grasps = lambda: [m for _, m in seen["commands"] if m.command == GraspCommand.GRASP]  # noqa: E731
-        assert client.spin_until(grasps, 60, running), f"no grasp went out; stages {stages}"
-        grasp = grasps()[0]
+        sent = lambda command: [m for _, m in seen["commands"] if m.command == command]  # noqa: E731
+        assert client.spin_until(lambda: sent(GraspCommand.GRASP), 60, running), f"no grasp went out; stages {stages}"
+        grasp = sent(GraspCommand.GRASP)[0]
         client.spin_until(lambda: False, 0.5, running)   # real time: the arm is on its way
         assert not grasp.dry_run and "executing" in stages, stages
         goal.cancel_goal_async()
@@ -309,9 +309,8 @@ class TestPickCancel:
         assert client.spin_until(lambda: client.goal_statuses.get(key) == GoalStatus.STATUS_CANCELED, 10), \
             client.goal_statuses.get(key)
         # the STOP and the action's result travel on different topics: either may arrive first
-        stopped = lambda: [m for _, m in seen["commands"] if m.command == GraspCommand.STOP]  # noqa: E731
-        assert client.spin_until(stopped, 10, running), "no STOP arrived on grasp_command"
-        stops = stopped()
+        assert client.spin_until(lambda: sent(GraspCommand.STOP), 10, running), "no STOP arrived on grasp_command"
+        stops = sent(GraspCommand.STOP)
         assert len(stops) == 1 and stops[0].reason == "the Pick goal was cancelled" and not stops[0].dry_run
         assert client.spin_until(lambda: any(m.header == grasp.header for _, m in seen["outcomes"]), 20)
         at, outcome = next((at, m) for at, m in seen["outcomes"] if m.header == grasp.header)

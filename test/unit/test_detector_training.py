@@ -190,6 +190,14 @@ def test_clear_errors(frames, tiny_models, tmp_path):
         finetune_detector(frames, tmp_path / "done", tiny_models.detector)
 
 
+def _trained_from(start: str, trained: Path) -> GroundingDinoForObjectDetection:
+    """The model a run wrote to `trained`, checked to differ from the one it started from."""
+    before = GroundingDinoForObjectDetection.from_pretrained(start)
+    after = GroundingDinoForObjectDetection.from_pretrained(trained)
+    assert any(not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters()))
+    return after
+
+
 def test_two_processes_train_with_distributed_data_parallel_on_cpu(frames, tiny_models, tmp_path):
     """torchrun --nproc_per_node 2 (gloo): both processes take the same 2 steps and rank 0 writes the run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -201,10 +209,7 @@ def test_two_processes_train_with_distributed_data_parallel_on_cpu(frames, tiny_
     assert run.returncode == 0, run.stderr[-3000:]
     summaries = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["processes"] == 2 and summaries[0]["steps"] == 2
-    before = GroundingDinoForObjectDetection.from_pretrained(tiny_models.detector)
-    after = GroundingDinoForObjectDetection.from_pretrained(tmp_path / "ddp")
-    assert any(not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters()))
-
+    _trained_from(tiny_models.detector, tmp_path / "ddp")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run it where one is lent)")
@@ -226,8 +231,6 @@ def test_one_step_on_cuda_under_bfloat16_autocast(frames, tiny_models, tmp_path,
     monkeypatch.undo()
     assert summary["steps"] == 1 and len(losses) == 1 and np.isfinite(losses[0])
     assert {device for device, _ in outputs} == {"cuda"} and ("cuda", torch.bfloat16) in outputs
-    before = GroundingDinoForObjectDetection.from_pretrained(tiny_models.detector)
-    after = GroundingDinoForObjectDetection.from_pretrained(tmp_path / "cuda")
+    after = _trained_from(tiny_models.detector, tmp_path / "cuda")
     assert {p.dtype for p in after.parameters()} == {torch.float32}
     assert all(torch.isfinite(p).all() for p in after.parameters())
-    assert any(not torch.equal(p, q) for p, q in zip(before.parameters(), after.parameters()))
