@@ -2,11 +2,9 @@
 conversions), dds/ (node processes over real Fast DDS: marked `dds`), e2e/ (the `dino-vla` commands run as a
 user runs them: marked `slow`, and `dds` where they start nodes). Helpers that are not fixtures live in
 support/ (on the path via pytest.ini's pythonpath)."""
+import faulthandler
 import os
 import signal
-import sys
-import threading
-import traceback
 from pathlib import Path
 
 # Never let a test reach for a model hub: every model is built locally.
@@ -16,35 +14,28 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# A test past 300 s is hung: pytest.ini's faulthandler_timeout prints every thread's stack, then SIGALRM's
-# default action ends the run. Both work while C code holds the GIL (a Fast DDS take() spinning forever was
-# seen to), which a watchdog written in Python cannot. A CI log shows only its tail, where that dump ends with
-# the outermost pytest frames, so between the dump and the end a Python watchdog prints, when it can, the hung
-# test's name and the main thread's innermost frames.
-HUNG_TEST_S = 330
-HUNG_SUMMARY_S = 310
-
-
-def _summarise_hang(item, main_thread: int, done: threading.Event) -> None:
-    if done.wait(HUNG_SUMMARY_S):
-        return
-    frame = sys._current_frames().get(main_thread)
-    stack = "".join(traceback.format_stack(frame)[-8:]) if frame else "(no frame)\n"
-    # with capture suspended: the test's own output is captured and would die with the run
-    with item.config.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        sys.stderr.write(f"\nHUNG past {HUNG_SUMMARY_S} s: {item.nodeid}\nmain thread, innermost last:\n{stack}")
-        sys.stderr.flush()
+# A test past 300 s is hung: faulthandler writes every thread's stack to HANG_REPORT, then SIGALRM's default
+# action ends the run. Both work while C code holds the GIL (a Fast DDS take() spinning forever was seen to),
+# which nothing written in Python can: a CI log once ended in such a dump with only pytest's outermost frames
+# in its tail, and no test name. So the report is a file that starts with the running test's name, and `make test`
+# prints its name and the main thread's innermost frames last, where a CI log's tail shows them.
+HUNG_TEST_S = 300
+HANG_REPORT = Path(__file__).resolve().parents[1] / "out" / "hung-test.txt"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    signal.alarm(HUNG_TEST_S)
-    done = threading.Event()
-    threading.Thread(target=_summarise_hang, args=(item, threading.get_ident(), done), daemon=True).start()
-    yield
-    done.set()
-    signal.alarm(0)
+    HANG_REPORT.parent.mkdir(exist_ok=True)
+    with open(HANG_REPORT, "w") as report:
+        report.write(f"{item.nodeid}\n")
+        report.flush()
+        faulthandler.dump_traceback_later(HUNG_TEST_S, file=report)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(HUNG_TEST_S + 5)
+        yield
+        signal.alarm(0)
+        faulthandler.cancel_dump_traceback_later()
+    HANG_REPORT.unlink(missing_ok=True)   # missing_ok: another run in this checkout may share the name
 
 
 def pytest_collection_modifyitems(items):
