@@ -24,6 +24,11 @@ GRASP_SOURCES = ("planner", "policy")   # where the pick node's grasps come from
 # planner on the object the depth shows at the pixel it points at (geometry.depth_region), the learned grasp
 # where the planner finds none; learned, the network's regressed offset at that pixel
 GRASP_GEOMETRIES = ("depth", "learned")
+# an object-token policy's object tokens (policy.tokens.ViewSettings): the appearance feature, mask (the frame's
+# patch tokens averaged under the mask) or crop (the backbone's class token of the object's own crop); the
+# geometry, full (position, depth-measured shape, colour name) or position (the position alone)
+OBJECT_FEATURES = ("mask", "crop")
+OBJECT_GEOMETRIES = ("full", "position")
 SHIPPED_CHECKPOINT = "shipped"          # the policy `checkpoint` value naming the package's own checkpoint
 
 

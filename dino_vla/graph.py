@@ -42,7 +42,7 @@ LOCALISER = NodeSpec("localiser", "localiser_node", "dino_vla.ros.localiser_node
                      "objects")
 PICK = NodeSpec("pick", "pick_node", "dino_vla.ros.pick_node", ("depth", "camera_info"), "grasp_command")
 SIM = NodeSpec("sim", "sim_node", "dino_vla.ros.sim_node", ("image", "depth", "camera_info"), "grasp_outcome")
-# the image is the mask-free policy's (an object-token policy leaves it unsubscribed)
+# the image is the mask-free policy's and a crop-feature policy's (other object-token policies leave it unsubscribed)
 POLICY = NodeSpec("policy", "policy_node", "dino_vla.ros.policy_node", ("image", "depth", "camera_info"),
                   "policy/grasp", managed=True)
 RECORDER = NodeSpec("recorder", "recorder_node", "dino_vla.ros.recorder_node", ("image", "depth", "camera_info"))

@@ -50,7 +50,7 @@ from dino_vla.adaptation.settings import BACKBONE_VIEWS, BackboneDistillation
 from dino_vla.dataset.format import Dataset, DatasetError
 from dino_vla.geometry.depth_region import object_regions
 from dino_vla.models.loading import ModelUnavailableError, load_model_and_processor
-from dino_vla.models.segmenter import crop_window
+from dino_vla.models.segmenter import OBJECT_CONTEXT, crop_window
 from dino_vla.training_state import (TrainingStateError, load_training_state, save_training_state,
                                      write_training_record)
 from dino_vla.types import IMAGE_SUFFIXES, tight_box
@@ -58,7 +58,6 @@ from dino_vla.types import IMAGE_SUFFIXES, tight_box
 TRAINING_FILE = "pretrain_backbone.json"
 DISTILLATION_FILE = "distillation.safetensors"
 DINOV2_TYPES = ("dinov2",)
-OBJECT_CONTEXT = 2.0          # an object's crop is this many times its box (as the probe's and the segmenter's)
 NEUTRAL_PAINT = 150.0         # the teacher's object grey and background grey (0-255)
 NEUTRAL_BACKGROUND = 60.0
 

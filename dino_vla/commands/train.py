@@ -6,6 +6,7 @@ import json
 import sys
 
 from dino_vla.commands.common import fail
+from dino_vla.config import OBJECT_FEATURES, OBJECT_GEOMETRIES
 
 RANDOM_TINY = "random-tiny"
 
@@ -33,6 +34,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--frames-per-batch", type=int, help="mask-free: camera frames per batch, each with all its "
                    "instructions (default 12; --batch-size is the object-token policy's)")
     p.add_argument("--vision-grid", type=int, help="vision tokens: the patch grid pooled to N x N (default 4)")
+    p.add_argument("--object-features", choices=OBJECT_FEATURES, help="object tokens' appearance: mask (default): "
+                   "the frame's patch tokens averaged under each mask; crop: the backbone's class token of each "
+                   "object's own crop (one more backbone pass per object at run time; the view pretrain-backbone "
+                   "--views objects learns from)")
+    p.add_argument("--object-geometry", choices=OBJECT_GEOMETRIES, help="object tokens' geometry: full (default): "
+                   "position, depth-measured shape and the colour name; position: the position alone, so only "
+                   "the appearance feature tells objects apart")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--finetune-backbone", action="store_true", help="train DINOv2 too (default: frozen, its "
                    "tokens cached once); the tuned weights are saved in the checkpoint's backbone/")
@@ -51,6 +59,8 @@ def main(args: argparse.Namespace) -> int:
 
     if args.epochs < 1 or args.batch_size < 1 or not args.lr > 0:
         fail("--epochs and --batch-size must be >= 1 and --lr > 0")
+    if args.finetune_backbone and args.object_features == "crop":
+        fail("--finetune-backbone trains through the frame's patch tokens: it needs --object-features mask")
     # the package's tiny random-weight DINOv2 is the only backbone to be had offline
     backbone = build_random_models("tiny", stages=("features",)).features if args.backbone == RANDOM_TINY \
         else args.backbone
@@ -66,8 +76,10 @@ def main(args: argparse.Namespace) -> int:
     if args.policy == "mask-free":
         return _mask_free(args, backbone, settings)
     overrides = {k: v for k, v in (("d_model", args.d_model), ("fusion_layers", args.layers)) if v}
-    if args.vision_grid:
-        overrides["view"] = {"vision_grid": args.vision_grid}
+    view = {k: v for k, v in (("vision_grid", args.vision_grid), ("object_features", args.object_features),
+                              ("object_geometry", args.object_geometry)) if v}
+    if view:
+        overrides["view"] = view
     try:
         training = train(args.dataset, args.out, backbone, overrides, settings, resume=args.resume,
                          threads=args.threads or 0)
@@ -86,8 +98,9 @@ def _mask_free(args: argparse.Namespace, backbone: str, settings) -> int:
     from dino_vla.policy.maskfree_train import MaskFreeSettings, train_mask_free
     from dino_vla.training_state import TrainingStateError
 
-    if args.finetune_backbone or args.vision_grid:
-        fail("--finetune-backbone and --vision-grid are the object-token policy's")
+    if args.finetune_backbone or args.vision_grid or args.object_features or args.object_geometry:
+        fail("--finetune-backbone, --vision-grid, --object-features and --object-geometry are the object-token "
+             "policy's")
     chosen = {k: v for k, v in (("d_model", args.d_model), ("fusion_layers", args.layers),
                                 ("vision_layers", args.vision_layers),
                                 ("frames_per_batch", args.frames_per_batch)) if v is not None}

@@ -72,7 +72,7 @@ def policy_decision(policy, features, instruction: str, sim: TabletopSim, frame:
         return decision, seen_object(sim, frame, pointed), decided_ms
     everything, masks = sim.ground_truth_all(frame)
     start = time.perf_counter()
-    decision = policy.decide(instruction, features.extract(frame.rgb), depth, masks, camera_pose)
+    decision = policy.decide(instruction, features.extract(frame.rgb), depth, masks, camera_pose, rgb=frame.rgb)
     return decision, everything.phrases[decision.object_index], (time.perf_counter() - start) * 1e3
 
 

@@ -16,6 +16,9 @@ DEFAULT_MODEL = DEFAULT_MODELS["segmenter"]
 
 
 MIN_CROP_PX = 16
+# an object's own view: a window this many times its box (the backbone's object views, the policy's crop
+# features)
+OBJECT_CONTEXT = 2.0
 
 
 def crop_window(box: np.ndarray, image_hw: tuple[int, int], context: float) -> tuple[int, int, int, int]:

@@ -13,6 +13,7 @@ import torch
 
 from dino_vla.config import GRASP_GEOMETRIES
 from dino_vla.language import Instruction, InstructionError, parse
+from dino_vla.models.features import DinoFeatures
 from dino_vla.models.loading import place, resolve_device
 from dino_vla.models.text import DEFAULT_MODEL as TEXT_ENCODER
 from dino_vla.models.text import TextEncoder
@@ -23,7 +24,7 @@ from dino_vla.policy.checkpoint import OBJECT_TOKENS, CheckpointError, Checkpoin
 from dino_vla.policy.maskfree_model import MASK_FREE, MaskFreeBatch
 from dino_vla.policy.model import collate
 from dino_vla.policy.patches import REGIONS, NoDepthError, PatchGrid, camera_channels, grasp_at
-from dino_vla.policy.tokens import (ObjectTokens, grasp_from_target, language_text, object_tokens,
+from dino_vla.policy.tokens import (ObjectTokens, crop_features, grasp_from_target, language_text, object_tokens,
                                    reference_vectors, request_vector, vision_tokens)
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
 
@@ -89,10 +90,19 @@ class PolicyRuntime:
     def needs_masks(self) -> bool:
         return self.KIND == OBJECT_TOKENS
 
+    @property
+    def needs_image(self) -> bool:
+        """Whether decide takes the colour image (the mask-free policy's input; an object-token policy's with
+        crop features)."""
+        return True
+
+    def models(self) -> list[torch.nn.Module]:
+        return [self.net, self.text.model]
+
     def to(self, device: str) -> int:
-        """The network and the text encoder to `device`; the bytes of GPU memory given back
+        """The network, the text encoder (and a crop backbone) to `device`; the bytes of GPU memory given back
         (models.loading.place)."""
-        released = place([self.net, self.text.model], device)
+        released = place(self.models(), device)
         self.device = next(self.net.parameters()).device
         return released
 
@@ -119,10 +129,26 @@ class GraspPolicy(PolicyRuntime):
 
     KIND = OBJECT_TOKENS
 
+    def __init__(self, net, info: CheckpointInfo, text: TextEncoder, checkpoint: str):
+        super().__init__(net, info, text, checkpoint)
+        # crop features come from the policy's own backbone, on crops of the image: the features it receives
+        # are the whole frame's
+        self.crop_backbone = DinoFeatures.load(info.backbone, device=str(self.device)) \
+            if info.config.view.object_features == "crop" else None
+
+    @property
+    def needs_image(self) -> bool:
+        return self.crop_backbone is not None
+
+    def models(self) -> list[torch.nn.Module]:
+        return super().models() + ([self.crop_backbone.model] if self.crop_backbone is not None else [])
+
     def decide(self, instruction: str, features: Features, frame: DepthFrame, masks: Masks,
-               camera_to_base: RigidTransform, local_features: bool = False) -> PolicyDecision:
+               camera_to_base: RigidTransform, local_features: bool = False, rgb: np.ndarray | None = None
+               ) -> PolicyDecision:
         """The grasp of the object the instruction names; PolicyFailure no_object when the network chooses
-        "none of these" (the named object is not among the masks). local_features: see check_features."""
+        "none of these" (the named object is not among the masks). local_features: see check_features. `rgb`:
+        the image the masks were made from, which a policy with crop features (needs_image) reads."""
         start = time.perf_counter()
         try:
             parsed = parse(instruction)
@@ -132,7 +158,16 @@ class GraspPolicy(PolicyRuntime):
         self.check_features(features, local_features)
         if len(masks) == 0:
             raise PolicyFailure("no_object", "no object masks in this frame")
-        objects = object_tokens(features, frame, masks.masks, camera_to_base, self.info.config.view, masks.colours)
+        crops = None
+        if self.crop_backbone is not None:
+            if rgb is None or rgb.shape[:2] != masks.masks.shape[1:]:
+                raise PolicyFailure("bad_input", "this policy reads each object's crop of the image: it needs the "
+                                    "image the masks were made from" + ("" if rgb is None else
+                                    f" (image {rgb.shape[1]}x{rgb.shape[0]}, masks "
+                                    f"{masks.masks.shape[2]}x{masks.masks.shape[1]})"))
+            crops = crop_features(self.crop_backbone.extract, rgb, masks.masks)
+        objects = object_tokens(features, frame, masks.masks, camera_to_base, self.info.config.view, masks.colours,
+                                crops)
         if len(objects) == 0:
             reasons = "; ".join(sorted(set(objects.skipped.values())))
             raise PolicyFailure("no_points", f"none of the {len(masks)} masks has usable depth ({reasons})")

@@ -8,21 +8,26 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from dino_vla.colour import COLOUR_NAMES
+from dino_vla.config import OBJECT_FEATURES, OBJECT_GEOMETRIES
 from dino_vla.geometry.depth import DepthFrame
 from dino_vla.geometry.localise import LocaliserSettings, NoPointsError, gravity_aligned_box, localise
 from dino_vla.language import Instruction
 from dino_vla.language.parser import RELATION_TYPES
-from dino_vla.types import Features, Grasp, RigidTransform
+from dino_vla.models.segmenter import OBJECT_CONTEXT, crop_window
+from dino_vla.types import Features, Grasp, RigidTransform, tight_box
 
 # centre xyz, top z, long side, narrow side, height, cos 2yaw, sin 2yaw, log(points), mask centre u, v (0..1),
 # then the colour measured under the mask, one-hot over COLOUR_NAMES + unknown
 COLOUR_SLOTS = (*COLOUR_NAMES, "")
 GEOMETRY_DIM = 12 + len(COLOUR_SLOTS)
+# object_geometry "position" keeps only these geometry columns: the footprint's x, y and the mask's centre
+POSITION_COLUMNS = (0, 1, 10, 11)
 # The request token: the parse's closed-vocabulary words as one-hots (the target's colour, a colour word the
 # camera cannot tell apart, or none; its size word or none; the relation or none; whether nearest/farthest is
 # measured from the robot), so the network compares a requested colour with each object's measured colour
@@ -51,6 +56,19 @@ class ViewSettings:
     crop_fraction: float = 0.875       # the feature model's centre crop / resize (DINOv2: 224 / 256)
     table_height_m: float = 0.40       # points below table + 5 mm are the table, not the object
     localiser: LocaliserSettings = LocaliserSettings()
+    # "crop" runs the backbone once more per object, on the view `pretrain-backbone --views objects` learns
+    # from: in the frame's patches a small object is a few patches mixed with what surrounds it
+    object_features: str = "mask"
+    # "position": depth's measured shape (heights, sizes, yaw, point count) and the colour name are left out,
+    # so only the appearance feature tells objects apart (depth that cannot measure shape: glass, shine; and
+    # what a backbone adds to a policy is measured this way)
+    object_geometry: str = "full"
+
+    def __post_init__(self):
+        if self.object_features not in OBJECT_FEATURES:
+            raise ValueError(f"object_features must be one of {OBJECT_FEATURES}, got {self.object_features!r}")
+        if self.object_geometry not in OBJECT_GEOMETRIES:
+            raise ValueError(f"object_geometry must be one of {OBJECT_GEOMETRIES}, got {self.object_geometry!r}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +77,8 @@ class ObjectTokens:
     rows back to the instance masks they came from)."""
 
     geometry: np.ndarray      # (N, GEOMETRY_DIM) float32, raw (normalised inside the model)
-    pooled: np.ndarray        # (N, D) float32 mask-pooled patch features (zeros where the crop misses it)
+    pooled: np.ndarray        # (N, D) float32 mask-pooled patch features (zeros where the crop misses it), or
+                              # with object_features "crop" the class token of each object's crop
     coverage: np.ndarray      # (N,) float32 fraction of a patch the mask covers, summed over the grid
     anchors: np.ndarray       # (N, 4) float64 box centre xyz + footprint long-side yaw, base frame
     patch_weights: np.ndarray  # (N, rows, cols) float32 what `pooled` averaged with (for fine-tuning)
@@ -144,12 +163,26 @@ def colour_one_hot(colours: tuple[str, ...], count: int) -> np.ndarray:
     return out
 
 
+def crop_features(extract: Callable[[np.ndarray], Features], rgb: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
+    """The class token `extract` (DinoFeatures.extract) gives each mask's crop of the image, OBJECT_CONTEXT
+    times its box; None for an empty mask (it gets no object token)."""
+    out = []
+    for mask in masks:
+        x0, y0, x1, y1 = crop_window(tight_box(mask), mask.shape, OBJECT_CONTEXT) if mask.any() else (0, 0, 0, 0)
+        out.append(np.asarray(extract(np.ascontiguousarray(rgb[y0:y1, x0:x1])).cls, np.float32) if x1 > x0
+                   else None)
+    return out
+
+
 def object_tokens(features: Features, depth: DepthFrame, masks: np.ndarray, camera_to_base: RigidTransform,
-                  view: ViewSettings, colours: tuple[str, ...] = ()) -> ObjectTokens:
+                  view: ViewSettings, colours: tuple[str, ...] = (), crops: list | None = None) -> ObjectTokens:
     """One token per instance mask ((N, H, W) bool) that has enough depth points above the table; `colours`
-    names each mask's colour (Masks.colours; empty: unknown)."""
+    names each mask's colour (Masks.colours; empty: unknown). `crops`: crop_features of the masks, which
+    view.object_features "crop" takes in place of the mask-pooled patches."""
     if camera_to_base.child != depth.frame:
         raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {depth.frame!r}")
+    if view.object_features == "crop" and (crops is None or len(crops) != len(masks)):
+        raise ValueError(f"object_features 'crop' needs the crop features of all {len(masks)} masks")
     patches = np.asarray(features.patch_tokens, np.float32)
     h, w = depth.metres.shape
     paint = colour_one_hot(colours, len(masks))
@@ -172,14 +205,20 @@ def object_tokens(features: Features, depth: DepthFrame, masks: np.ndarray, came
                          math.sin(2 * yaw), math.log(len(points)), cols.mean() / w, rows.mean() / h, *paint[i]])
         weights = patch_weights(mask, features, view.crop_fraction)
         total = float(weights.sum())
-        pooled.append(np.tensordot(weights, patches, axes=([0, 1], [0, 1])) / total if total > 1e-6
-                      else np.zeros(patches.shape[-1], np.float32))
+        if view.object_features == "crop":
+            pooled.append(crops[i])
+        else:
+            pooled.append(np.tensordot(weights, patches, axes=([0, 1], [0, 1])) / total if total > 1e-6
+                          else np.zeros(patches.shape[-1], np.float32))
         coverage.append(total)
         all_weights.append(weights)
         anchors.append([*centre, yaw])
         kept.append(i)
     dim = patches.shape[-1]
-    return ObjectTokens(np.asarray(geometry, np.float32).reshape(-1, GEOMETRY_DIM),
+    geometry = np.asarray(geometry, np.float32).reshape(-1, GEOMETRY_DIM)
+    if view.object_geometry == "position":
+        geometry[:, [c for c in range(GEOMETRY_DIM) if c not in POSITION_COLUMNS]] = 0.0
+    return ObjectTokens(geometry,
                         np.asarray(pooled, np.float32).reshape(-1, dim), np.asarray(coverage, np.float32),
                         np.asarray(anchors, np.float64).reshape(-1, 4),
                         np.asarray(all_weights, np.float32).reshape(-1, *patches.shape[:2]), tuple(kept), skipped)

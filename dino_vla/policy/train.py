@@ -28,8 +28,9 @@ from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
 from dino_vla.dataset.references import reference_objects
 from dino_vla.language import Instruction, InstructionError, parse
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
-from dino_vla.policy.tokens import (REFERENCE_SLOTS, TARGET_DIM, TOKENS_VERSION, ViewSettings, grasp_target,
-                                   language_text, object_tokens, reference_vectors, request_vector, vision_tokens)
+from dino_vla.policy.tokens import (REFERENCE_SLOTS, TARGET_DIM, TOKENS_VERSION, ViewSettings, crop_features,
+                                   grasp_target, language_text, object_tokens, reference_vectors, request_vector,
+                                   vision_tokens)
 
 
 def crop_fraction(features: DinoFeatures) -> float:
@@ -131,8 +132,9 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         masks = np.stack([frame.mask(k) for k in range(len(frame.objects))]) if frame.objects else \
             np.zeros((0, *frame.labels.shape), bool)
         # colours measured from the pixels, as the perception pipeline measures them on the robot
+        crops = crop_features(features.extract, frame.rgb, masks) if view.object_features == "crop" else None
         objects = object_tokens(feats, frame.depth_frame(), masks, frame.camera_to_base, view,
-                                colour_names(frame.rgb, masks))
+                                colour_names(frame.rgb, masks), crops)
         vision.append(vision_tokens(feats, view.vision_grid))
         if for_finetuning:
             pixels.append(features.preprocess(frame.rgb)[0].half())
@@ -347,6 +349,9 @@ def train(dataset_dir: str, out: str, backbone: str, config_overrides: dict | No
         config = PolicyConfig(vision_dim=int(features.model.config.hidden_size), language_dim=text.dim, view=view,
                               **(config_overrides or {}))
     tuned = features if settings.finetune_backbone else None
+    if tuned is not None and config.view.object_features == "crop":
+        raise ValueError("fine-tuning the backbone trains through the frame's patch tokens; object_features "
+                         "'crop' reads crops instead: fine-tune with object_features 'mask'")
     table, stats = cached_tokens(dataset, backbone, config.view, text, features, for_finetuning=tuned is not None)
     train_eps, val_eps = split_by_frame(table, settings.validation_fraction, settings.seed)
     torch.manual_seed(settings.seed)

@@ -1,10 +1,10 @@
 """What the localiser, pick, policy and recorder nodes share: aligned depth, CameraInfo and masks (or, for the
-mask-free policy, the colour image) matched
+mask-free policy, the colour image; for an object-token policy with crop features, masks and the image) matched
 by stamp (the package's ApproximateTimeSync; message_filters is not installable everywhere) and the
 camera's pose in the target frame (static extrinsic parameter, or tf2 where it is importable and asked for)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -34,6 +34,7 @@ class MaskedDepth:
     detections: Detections
     masks: Masks
     detection_msgs: list[Detection]   # as received, to be republished with 3D poses
+    rgb: np.ndarray | None = None      # (H, W, 3) uint8 the image the masks were made from (DepthMaskImageInputs)
 
 
 @dataclass(frozen=True)
@@ -50,14 +51,14 @@ class DepthMaskInputs:
     stamps agree within sync_slop_s. Sets that cannot be converted are logged and skipped. `subscribe`
     replaces node.create_subscription (a managed node's input_subscription, undone on deactivate)."""
 
-    THIRD = ("masks", SegmentationMasks, 10)   # the stream matched with depth: name, type, QoS depth
+    # the streams matched with depth and CameraInfo: name, type, QoS depth (0: the camera's)
+    STREAMS = (("masks", SegmentationMasks, 10),)
 
     def __init__(self, node: Node, params: dict[str, Any], on_match: Callable, callback_group=None,
                  subscribe: Callable | None = None):
         self.node, self.on_match = node, on_match
-        name, kind, depth = self.THIRD
-        self.sync = ApproximateTimeSync(("depth", "camera_info", name),
-                                        slop_ns=int(round(params["sync_slop_s"] * 1e9)),
+        self.names = ("depth", "camera_info", *(name for name, _, _ in self.STREAMS))
+        self.sync = ApproximateTimeSync(self.names, slop_ns=int(round(params["sync_slop_s"] * 1e9)),
                                         queue_size=params["sync_queue_size"], on_notice=node.report_sync)
         # a short history, not depth 1: depth must still be queued when the slower masks arrive
         camera = camera_qos(params["reliability"], depth=5)
@@ -65,14 +66,17 @@ class DepthMaskInputs:
         subscribe(Image, "depth", lambda m: self._add("depth", m), camera, callback_group=callback_group)
         subscribe(CameraInfo, "camera_info", lambda m: self._add("camera_info", m), camera,
                   callback_group=callback_group)
-        subscribe(kind, name, lambda m: self._add(name, m), depth or camera, callback_group=callback_group)
+        for name, kind, depth in self.STREAMS:
+            subscribe(kind, name, lambda m, name=name: self._add(name, m), depth or camera,
+                      callback_group=callback_group)
 
     def _add(self, stream: str, msg) -> None:
         for stamp, items in self.sync.add(stream, stamp_ns(msg.header), msg):
             try:
-                matched = self._convert(items["depth"], items["camera_info"], items[self.THIRD[0]])
+                matched = self._convert(*(items[name] for name in self.names))
             except ValueError as err:   # ImageConversionError is one
-                self.node.report(str(err), f"skipping depth/{self.THIRD[0]} stamped {stamp * 1e-9:.3f}")
+                self.node.report(str(err), f"skipping {'/'.join(self.names[:1] + self.names[2:])} stamped "
+                                 f"{stamp * 1e-9:.3f}")
                 continue
             self.on_match(matched)
 
@@ -122,16 +126,32 @@ class CameraExtrinsic:
 class DepthImageInputs(DepthMaskInputs):
     """The same with the colour `image` in place of masks: calls on_match(CameraView)."""
 
-    THIRD = ("image", Image, 0)   # 0: the camera's QoS
+    STREAMS = (("image", Image, 0),)
 
     @staticmethod
     def _convert(depth: Image, info: CameraInfo, image: Image) -> CameraView:
-        if image.header.frame_id != depth.header.frame_id:
-            raise ValueError(f"the image is in {image.header.frame_id!r}, depth in {depth.header.frame_id!r}: depth "
-                             "must be aligned to the colour image")
         frame = DepthFrame(depth_image(depth), intrinsics_from_msg(info), depth.header.frame_id)
-        rgb = image_to_rgb(image)
-        if rgb.shape[:2] != frame.metres.shape:
-            raise ValueError(f"the image is {rgb.shape[1]}x{rgb.shape[0]}, depth is "
-                             f"{frame.metres.shape[1]}x{frame.metres.shape[0]}")
-        return CameraView(image.header, rgb, frame)
+        return CameraView(image.header, aligned_rgb(image, frame), frame)
+
+
+class DepthMaskImageInputs(DepthMaskInputs):
+    """Masks and the image they were made from with depth: calls on_match(MaskedDepth) with its rgb."""
+
+    STREAMS = (("masks", SegmentationMasks, 10), ("image", Image, 0))
+
+    @staticmethod
+    def _convert(depth: Image, info: CameraInfo, masks_msg: SegmentationMasks, image: Image) -> MaskedDepth:
+        matched = DepthMaskInputs._convert(depth, info, masks_msg)
+        return replace(matched, rgb=aligned_rgb(image, matched.frame))
+
+
+def aligned_rgb(image: Image, frame: DepthFrame) -> np.ndarray:
+    """The image's pixels, refused (ValueError) unless depth is aligned to it: same frame, same size."""
+    if image.header.frame_id != frame.frame:
+        raise ValueError(f"the image is in {image.header.frame_id!r}, depth in {frame.frame!r}: depth must be "
+                         "aligned to the colour image")
+    rgb = image_to_rgb(image)
+    if rgb.shape[:2] != frame.metres.shape:
+        raise ValueError(f"the image is {rgb.shape[1]}x{rgb.shape[0]}, depth is "
+                         f"{frame.metres.shape[1]}x{frame.metres.shape[0]}")
+    return rgb

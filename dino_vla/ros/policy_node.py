@@ -33,7 +33,8 @@ from dino_vla.policy.limits import CommandLimits
 from dino_vla.pick import PickPlanner, PickSettings
 from dino_vla.policy.runner import (LEARNED, GraspPolicy, MaskFreeDecision, MaskFreePolicy, PolicyDecision,
                                    PolicyFailure, load_policy)
-from dino_vla.ros.depth_inputs import CameraExtrinsic, CameraView, DepthImageInputs, DepthMaskInputs, MaskedDepth
+from dino_vla.ros.depth_inputs import (CameraExtrinsic, CameraView, DepthImageInputs, DepthMaskImageInputs,
+                                      DepthMaskInputs, MaskedDepth)
 from dino_vla.ros.messages import features_from_msg, grasp_rotation, grasp_to_msg, pose_msg, stamp_ns
 from dino_vla.ros.managed_node import ManagedNode
 from dino_vla.ros.node_base import run_node
@@ -84,11 +85,11 @@ class PolicyNode(ManagedNode):
             self.policy = self.runtime = load_policy(checkpoint, self.params["device"])
         except (CheckpointError, PolicyFailure) as err:
             raise ConfigError(f"parameter checkpoint: {err}") from None
+        self.view_name = " + ".join(("masks",) * self.policy.needs_masks + ("image",) * self.policy.needs_image
+                                    + ("depth",))
         self.get_logger().info(f"{self.policy.KIND} policy loaded in {time.perf_counter() - start:.1f} s; it takes "
-                               f"features of {self.policy.backbone!r}"
-                               + (" and masks" if self.policy.needs_masks else ", the image and depth (no masks)"))
+                               f"features of {self.policy.backbone!r} and {self.view_name}")
         self.grasp_planner = self.depth_planner(self.params)
-        self.view_name = "masks + depth" if self.policy.needs_masks else "image + depth"
         self.source = f"policy {checkpoint}"
         self.extrinsic = CameraExtrinsic(self, self.params)
         self.period_s = 1.0 / self.params["rate_hz"]
@@ -107,7 +108,8 @@ class PolicyNode(ManagedNode):
         self.decided: Decided | None = None
         self.setpoint: Grasp | None = None      # the last one published on policy/grasp_pose
         self.command_due = False                # the current instruction's first decision is still to come
-        inputs = DepthMaskInputs if self.policy.needs_masks else DepthImageInputs
+        inputs = (DepthMaskImageInputs if self.policy.needs_image else DepthMaskInputs) if self.policy.needs_masks \
+            else DepthImageInputs
         self.inputs = inputs(self, self.params, self.on_view, subscribe=self.input_subscription)
         self.input_subscription(DinoFeatures, "features", self.on_features, 10)
         # transient local: an instruction published before this node started (or while it was inactive)
@@ -239,7 +241,8 @@ class PolicyNode(ManagedNode):
             return self._failed(observation, "wrong_frame", str(err))
         try:
             if self.policy.needs_masks:
-                decision = self.policy.decide(self.instruction, observation.features, m.frame, m.masks, camera_to_base)
+                decision = self.policy.decide(self.instruction, observation.features, m.frame, m.masks, camera_to_base,
+                                              rgb=m.rgb)
             else:
                 decision = self.policy.decide(self.instruction, observation.features, m.rgb, m.frame, camera_to_base,
                                               planner=self.grasp_planner)

@@ -26,6 +26,7 @@ from dino_vla.graph import FEATURES, PICK, POLICY, CameraTopics, pick_graph, pic
 from dino_vla.models.features import DinoFeatures as FeaturesModel
 from dino_vla.msg import DinoFeatures, GraspCommand, GraspOutcome, SegmentationMasks
 from dino_vla.policy.checkpoint import random_checkpoint, read_info
+from dino_vla.policy.tokens import ViewSettings
 from dino_vla.ros.conversions import numpy_to_image
 from dino_vla.ros.launcher import start_graph
 from dino_vla.ros.messages import camera_info_msg, detections_to_msg, features_to_msg, masks_to_msg, stamp_ns
@@ -49,7 +50,7 @@ class Probe:
     def __init__(self, observation: dict):
         self.node = rclpy.create_node("policy_probe")
         self.observation = observation
-        self.send = {"features": True, "masks": True}
+        self.send = {"features": True, "masks": True, "image": True}
         n = self.node
         self.features = n.create_publisher(DinoFeatures, "/features", 10)
         self.image = n.create_publisher(Image, CameraTopics().image, 5)   # reliable, as the sim: for PickClient
@@ -83,7 +84,8 @@ class Probe:
         o = self.observation
         if self.send["features"]:
             self.features.publish(features_to_msg(header, o["features"]))
-        self.image.publish(numpy_to_image(o["rgb"], "rgb8", header))
+        if self.send["image"]:
+            self.image.publish(numpy_to_image(o["rgb"], "rgb8", header))
         if self.send["masks"]:
             self.depth.publish(numpy_to_image(o["depth"], "32FC1", header))
             self.info.publish(camera_info_msg(header, o["intrinsics"]))
@@ -114,9 +116,12 @@ class Probe:
         self.node.destroy_node()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tiny_models, tmp_path_factory) -> str:
-    return random_checkpoint(tmp_path_factory.mktemp("policy") / "checkpoint", tiny_models.features)
+@pytest.fixture(scope="module", params=["mask", "crop"])
+def checkpoint(request, tiny_models, tmp_path_factory) -> str:
+    """Both kinds of object feature: a crop-feature policy also pairs the masks with the image they came from
+    (the probe sends it with the masks' stamp), and its node runs the backbone on each object's crop."""
+    return random_checkpoint(tmp_path_factory.mktemp("policy") / "checkpoint", tiny_models.features,
+                             view=ViewSettings(object_features=request.param))
 
 
 @pytest.fixture(scope="module")
@@ -188,6 +193,27 @@ def test_stale_features_stop_the_commands(graph):
     resumed = time.monotonic()
     assert probe.wait(lambda: probe.since("grasp", resumed), 5), "commands did not resume with fresh inputs"
     assert probe.received["command"] == []
+
+
+def test_only_a_crop_feature_policy_needs_the_image(graph):
+    """Without the image a crop-feature policy stops, saying what it waits for; a mask-pooled one acts on."""
+    _, probe, _, checkpoint, _ = graph
+    crops = read_info(checkpoint).config.view.object_features == "crop"
+    probe.send["image"] = False
+    stopped = time.monotonic()
+    try:
+        quiet = stopped + MAX_AGE + 2 / RATE + 0.3
+        time.sleep(quiet - time.monotonic() + 1.5)
+        if crops:
+            assert probe.since("grasp", quiet) == []
+            stale = probe.since("status", quiet)[-1].data
+            assert stale.startswith("stale: masks + image + depth ") and " s old" in stale, stale
+        else:
+            assert len(probe.since("grasp", quiet)) >= 4
+    finally:
+        probe.send["image"] = True
+    resumed = time.monotonic()
+    assert probe.wait(lambda: probe.since("grasp", resumed), 5), "commands did not resume with the image"
 
 
 def test_the_pick_action_executes_the_policys_grasp(graph):

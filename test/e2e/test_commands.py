@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from dino_vla.pick import FAILURE_REASONS
+from dino_vla.policy.checkpoint import read_info
 from dino_vla.sim.tasks import SPLITS, draw_task
 
 DINO_VLA = str(Path(sys.executable).parent / "dino-vla")
@@ -354,6 +355,21 @@ def test_record_sim_then_train_one_step_then_eval_it(env, tmp_path):
     assert evaluated.stdout.startswith("eval: 1 held-out scenes") and "checkpoint ck" in evaluated.stdout
     report = json.loads((tmp_path / "eval.json").read_text())
     assert report["checkpoint"] == "ck" and Path(report["backbone"]) == (tmp_path / "ck" / "backbone").resolve()
+
+    # a policy whose objects are told apart by their crops' features alone, evaluated as any other
+    crop = dino_vla("train", "demos", "--out", "crop", "--epochs", "1", "--threads", "1", "--object-features", "crop",
+                    "--object-geometry", "position", env=env, cwd=tmp_path)
+    assert crop.returncode == 0, crop.stderr
+    view = read_info(tmp_path / "crop").config.view
+    assert (view.object_features, view.object_geometry) == ("crop", "position")
+    evaluated = dino_vla("eval", "--checkpoint", "crop", "--split", "recolour", "-n", "1", "--json", "splits",
+                         env=env, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert len(json.loads((tmp_path / "splits" / "recolour.json").read_text())["episodes"]) == 1
+    for flags, error in ((("--finetune-backbone", "--object-features", "crop"), "it needs --object-features mask"),
+                         (("--policy", "mask-free", "--object-geometry", "position"), "the object-token policy's")):
+        wrong = dino_vla("train", "demos", "--out", "x", *flags, env=env, cwd=tmp_path)
+        assert wrong.returncode == 1 and wrong.stderr.splitlines()[-1].endswith(error), wrong.stderr
 
 
 @pytest.fixture(scope="module")

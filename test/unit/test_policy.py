@@ -15,9 +15,10 @@ from dino_vla.language import parse
 from dino_vla.policy.model import GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.runner import GraspPolicy, PolicyFailure
 from dino_vla.dataset.sim_recording import record_sim_demonstrations
-from dino_vla.policy.tokens import (GEOMETRY_DIM, REQUEST_COLOURS, REQUEST_DIM, REQUEST_RELATIONS, REQUEST_SIZES,
-                                    TARGET_DIM, TOKENS_VERSION, fold_angle, grasp_from_target, grasp_target,
-                                    language_text, patch_weights, reference_vectors, request_vector)
+from dino_vla.policy.tokens import (GEOMETRY_DIM, POSITION_COLUMNS, REQUEST_COLOURS, REQUEST_DIM, REQUEST_RELATIONS,
+                                    REQUEST_SIZES, TARGET_DIM, TOKENS_VERSION, ViewSettings, crop_features,
+                                    fold_angle, grasp_from_target, grasp_target, language_text, object_tokens,
+                                    patch_weights, reference_vectors, request_vector)
 from dino_vla.dataset.references import reference_objects
 from dino_vla.policy.checkpoint import save_checkpoint
 from dino_vla.policy.train import TrainSettings, train
@@ -326,11 +327,11 @@ def sim_observation(tiny_models):
         everything, masks = sim.ground_truth_all(frame)
         depth = DepthFrame(frame.depth, sim.intrinsics(), CAMERA_FRAME)
         features = DinoFeatures.load(tiny_models.features).extract(frame.rgb)
-        return list(everything.phrases), masks, depth, features, sim.camera_pose()
+        return list(everything.phrases), masks, depth, features, sim.camera_pose(), frame.rgb
 
 
 def test_grasp_policy_decides_and_refuses(tiny_models, tmp_path, sim_observation):
-    names, masks, depth, features, camera_pose = sim_observation
+    names, masks, depth, features, camera_pose, _ = sim_observation
     policy = GraspPolicy.load(random_checkpoint(tmp_path / "ck", tiny_models.features), device="cpu")
     # the features' model is the original directory, the checkpoint's backbone its copy: the same weights
     decision = policy.decide("pick up the cup", features, depth, masks, camera_pose, local_features=True)
@@ -397,7 +398,7 @@ def test_finetuning_trains_the_backbone_and_ships_it(demos, tiny_models, tmp_pat
     assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     policy = GraspPolicy.load(str(out), device="cpu")
     assert policy.backbone == str((out / "backbone").resolve())
-    names, masks, depth, features, camera_pose = sim_observation
+    names, masks, depth, features, camera_pose, _ = sim_observation
     with pytest.raises(PolicyFailure, match="trained on"):   # the untuned backbone's features are refused
         policy.decide("pick up the cup", features, depth, masks, camera_pose)
     tuned = DinoFeatures.load(policy.backbone)
@@ -407,3 +408,57 @@ def test_finetuning_trains_the_backbone_and_ships_it(demos, tiny_models, tmp_pat
         frame = sim.render()
     decision = policy.decide("pick up the cup", tuned.extract(frame.rgb), depth, masks, camera_pose)
     assert decision.grasp.frame == "base_link"
+
+
+def test_crop_features_and_position_geometry_in_object_tokens(tiny_models, sim_observation):
+    """object_features "crop": each token's feature is the backbone's class token of the object's own crop;
+    object_geometry "position": only the position columns are left."""
+    from dino_vla.models.features import DinoFeatures
+    from dino_vla.models.segmenter import OBJECT_CONTEXT, crop_window
+    from dino_vla.types import tight_box
+
+    _, masks, depth, features, camera_pose, rgb = sim_observation
+    backbone = DinoFeatures.load(tiny_models.features)
+    crops = crop_features(backbone.extract, rgb, masks.masks)
+    full = object_tokens(features, depth, masks.masks, camera_pose, ViewSettings(), masks.colours)
+    cropped = object_tokens(features, depth, masks.masks, camera_pose,
+                            ViewSettings(object_features="crop", object_geometry="position"), masks.colours, crops)
+    assert cropped.kept == full.kept and len(full) >= 3
+    for row, i in enumerate(cropped.kept):
+        x0, y0, x1, y1 = crop_window(tight_box(masks.masks[i]), masks.masks[i].shape, OBJECT_CONTEXT)
+        assert (x1 - x0) * (y1 - y0) < rgb.shape[0] * rgb.shape[1] / 4     # a crop, not the frame
+        expected = backbone.extract(np.ascontiguousarray(rgb[y0:y1, x0:x1])).cls
+        np.testing.assert_allclose(cropped.pooled[row], expected, rtol=1e-5, atol=1e-5)
+        assert not np.allclose(cropped.pooled[row], full.pooled[row])
+    others = [c for c in range(GEOMETRY_DIM) if c not in POSITION_COLUMNS]
+    np.testing.assert_array_equal(cropped.geometry[:, list(POSITION_COLUMNS)], full.geometry[:, list(POSITION_COLUMNS)])
+    assert not cropped.geometry[:, others].any() and full.geometry[:, others].any()
+    empty = crop_features(backbone.extract, rgb, np.zeros((1, *rgb.shape[:2]), bool))
+    assert empty == [None]
+    with pytest.raises(ValueError, match="crop features of all"):
+        object_tokens(features, depth, masks.masks, camera_pose, ViewSettings(object_features="crop"))
+    with pytest.raises(ValueError, match="object_features must be one of"):
+        ViewSettings(object_features="patches")
+    with pytest.raises(ValueError, match="object_geometry must be one of"):
+        ViewSettings(object_geometry="none")
+
+
+def test_a_crop_feature_policy_trains_and_reads_the_image(demos, tiny_models, tmp_path, sim_observation):
+    names, masks, depth, features, camera_pose, rgb = sim_observation
+    out = tmp_path / "crop"
+    view = {"object_features": "crop", "object_geometry": "position"}
+    train(str(demos), str(out), tiny_models.features, {"d_model": 16, "heads": 2, "feedforward": 32, "view": view},
+          TrainSettings(epochs=1, batch_size=8))
+    policy = GraspPolicy.load(str(out), device="cpu")
+    assert (policy.info.config.view.object_features, policy.info.config.view.object_geometry) == ("crop", "position")
+    assert policy.needs_image and policy.crop_backbone is not None
+    assert not GraspPolicy.load(random_checkpoint(tmp_path / "mask", tiny_models.features), "cpu").needs_image
+    decision = policy.decide("pick up the cup", features, depth, masks, camera_pose, local_features=True, rgb=rgb)
+    assert 0 <= decision.object_index < len(names)
+    for image in (None, rgb[:-1]):
+        with pytest.raises(PolicyFailure, match="needs the image the masks were made from") as err:
+            policy.decide("pick up the cup", features, depth, masks, camera_pose, local_features=True, rgb=image)
+        assert err.value.reason == "bad_input"
+    with pytest.raises(ValueError, match="fine-tune with object_features 'mask'"):
+        train(str(demos), str(tmp_path / "tuned"), tiny_models.features, {"view": view},
+              TrainSettings(epochs=1, finetune_backbone=True))
