@@ -49,9 +49,11 @@ run: setup
 # A hung (or crashed) test leaves out/hung-test.txt (test/conftest.py): its name and, after a hang, its main
 # thread's innermost frames are printed last, where a CI log's tail shows them.
 test: setup
-	$(VENV)/bin/pytest || { rc=$$?; test ! -f out/hung-test.txt || awk 'NR == 1 { name = $$0; next } \
-	  /^(Current thread|Thread) 0x/ { n = 0 } { block[++n] = $$0 } \
-	  END { for (i = 1; i <= n && i <= 20; i++) print block[i]; print "pytest ended during " name }' out/hung-test.txt; exit $$rc; }
+	@rm -f out/hung-test.txt
+	DINO_VLA_HANG_REPORT=$(CURDIR)/out/hung-test.txt $(VENV)/bin/pytest || { rc=$$?; test ! -f out/hung-test.txt || \
+	  awk 'NR == 1 { name = $$0; next } /^(Current thread|Thread) 0x/ { n = 0 } { block[++n] = $$0 } \
+	  END { for (i = 1; i <= n && i <= 21; i++) print block[i]; print "pytest ended during " name }' \
+	  out/hung-test.txt; exit $$rc; }
 
 bench: setup
 	$(VENV)/bin/dino-vla bench

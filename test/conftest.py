@@ -5,6 +5,8 @@ support/ (on the path via pytest.ini's pythonpath)."""
 import faulthandler
 import os
 import signal
+import tempfile
+import time
 from pathlib import Path
 
 # Never let a test reach for a model hub: every model is built locally.
@@ -18,24 +20,42 @@ import pytest  # noqa: E402
 # action ends the run. Both work while C code holds the GIL (a Fast DDS take() spinning forever was seen to),
 # which nothing written in Python can: a CI log once ended in such a dump with only pytest's outermost frames
 # in its tail, and no test name. So the report is a file that starts with the running test's name, and `make test`
-# prints its name and the main thread's innermost frames last, where a CI log's tail shows them.
+# (which names the file in DINO_VLA_HANG_REPORT) prints its name and the main thread's innermost frames last,
+# where a CI log's tail shows them. Elsewhere the file is per process in the temporary directory (the pytest
+# header names it): a source tree may be read-only, and runs may share one.
 HUNG_TEST_S = 300
-HANG_REPORT = Path(__file__).resolve().parents[1] / "out" / "hung-test.txt"
+HANG_REPORT = Path(os.environ.get("DINO_VLA_HANG_REPORT")
+                   or Path(tempfile.gettempdir()) / f"dino_vla-hung-test-{os.getpid()}.txt")
+_running: dict = {}   # the running test's open report and its deadline (time.monotonic())
+
+
+def pytest_report_header(config):
+    return f"a test past {HUNG_TEST_S} s is hung: its name and every thread's stack go to {HANG_REPORT}"
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    HANG_REPORT.parent.mkdir(exist_ok=True)
+    HANG_REPORT.parent.mkdir(parents=True, exist_ok=True)
     with open(HANG_REPORT, "w") as report:
         report.write(f"{item.nodeid}\n")
         report.flush()
+        _running.update(report=report, deadline=time.monotonic() + HUNG_TEST_S)
         faulthandler.dump_traceback_later(HUNG_TEST_S, file=report)
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.alarm(HUNG_TEST_S + 5)
         yield
         signal.alarm(0)
         faulthandler.cancel_dump_traceback_later()
-    HANG_REPORT.unlink(missing_ok=True)   # missing_ok: another run in this checkout may share the name
+        _running.clear()
+    HANG_REPORT.unlink(missing_ok=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_exception_interact():
+    """pytest's faulthandler plugin cancels every pending dump when a test phase fails: a teardown that hangs
+    after a failed test (a module's DDS graph going down) must still leave its stacks."""
+    if _running:
+        faulthandler.dump_traceback_later(max(_running["deadline"] - time.monotonic(), 1.0), file=_running["report"])
 
 
 def pytest_collection_modifyitems(items):

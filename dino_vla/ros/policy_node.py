@@ -1,7 +1,8 @@
 """policy node: the learned VLA grasp policy (dino_vla/policy) on ROS topics, bounded and watched.
 
 DINOv2 `features` are paired by stamp with class-agnostic `masks` + aligned `depth` + `camera_info`
-(DepthMaskInputs) for an object-token checkpoint, or with the colour `image` + aligned `depth` + `camera_info`
+(DepthMaskInputs) for an object-token checkpoint (plus the colour `image` the masks were made from,
+DepthMaskImageInputs, when it reads crop features), or with the colour `image` + aligned `depth` + `camera_info`
 (DepthImageInputs) for a mask-free one (the checkpoint's kind decides; no masks are subscribed then).
 At rate_hz the policy decides on the newest pair for the current instruction (only when
 the pair or the instruction is new; otherwise the last decision is published again) and publishes:
