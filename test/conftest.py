@@ -21,8 +21,8 @@ import pytest  # noqa: E402
 # which nothing written in Python can: a CI log once ended in such a dump with only pytest's outermost frames
 # in its tail, and no test name. So the report is a file that starts with the running test's name, and `make test`
 # (which names the file in DINO_VLA_HANG_REPORT) prints its name and the main thread's innermost frames last,
-# where a CI log's tail shows them. Elsewhere the file is per process in the temporary directory (the pytest
-# header names it): a source tree may be read-only, and runs may share one.
+# where a CI log's tail shows them. Elsewhere the file is per process in the temporary directory (`pytest -v`
+# names it in its header): a source tree may be read-only, and runs may share one.
 HUNG_TEST_S = 300
 HANG_REPORT = Path(os.environ.get("DINO_VLA_HANG_REPORT")
                    or Path(tempfile.gettempdir()) / f"dino_vla-hung-test-{os.getpid()}.txt")

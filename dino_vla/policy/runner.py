@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from dino_vla.policy.checkpoint import OBJECT_TOKENS, CheckpointError, Checkpoin
 from dino_vla.policy.maskfree_model import MASK_FREE, MaskFreeBatch
 from dino_vla.policy.model import collate
 from dino_vla.policy.patches import REGIONS, NoDepthError, PatchGrid, camera_channels, grasp_at
-from dino_vla.policy.tokens import (ObjectTokens, crop_features, grasp_from_target, language_text, object_tokens,
+from dino_vla.policy.tokens import (ObjectTokens, crop_feature, grasp_from_target, language_text, object_tokens,
                                    reference_vectors, request_vector, vision_tokens)
 from dino_vla.types import Features, Grasp, Masks, RigidTransform
 
@@ -158,16 +158,16 @@ class GraspPolicy(PolicyRuntime):
         self.check_features(features, local_features)
         if len(masks) == 0:
             raise PolicyFailure("no_object", "no object masks in this frame")
-        crops = None
+        crop = None
         if self.crop_backbone is not None:
             if rgb is None or rgb.shape[:2] != masks.masks.shape[1:]:
                 raise PolicyFailure("bad_input", "this policy reads each object's crop of the image: it needs the "
                                     "image the masks were made from" + ("" if rgb is None else
                                     f" (image {rgb.shape[1]}x{rgb.shape[0]}, masks "
                                     f"{masks.masks.shape[2]}x{masks.masks.shape[1]})"))
-            crops = crop_features(self.crop_backbone.extract, rgb, masks.masks)
+            crop = partial(crop_feature, self.crop_backbone.extract, rgb)
         objects = object_tokens(features, frame, masks.masks, camera_to_base, self.info.config.view, masks.colours,
-                                crops)
+                                crop)
         if len(objects) == 0:
             reasons = "; ".join(sorted(set(objects.skipped.values())))
             raise PolicyFailure("no_points", f"none of the {len(masks)} masks has usable depth ({reasons})")

@@ -163,26 +163,24 @@ def colour_one_hot(colours: tuple[str, ...], count: int) -> np.ndarray:
     return out
 
 
-def crop_features(extract: Callable[[np.ndarray], Features], rgb: np.ndarray, masks: np.ndarray) -> list[np.ndarray]:
-    """The class token `extract` (DinoFeatures.extract) gives each mask's crop of the image, OBJECT_CONTEXT
-    times its box; None for an empty mask (it gets no object token)."""
-    out = []
-    for mask in masks:
-        x0, y0, x1, y1 = crop_window(tight_box(mask), mask.shape, OBJECT_CONTEXT) if mask.any() else (0, 0, 0, 0)
-        out.append(np.asarray(extract(np.ascontiguousarray(rgb[y0:y1, x0:x1])).cls, np.float32) if x1 > x0
-                   else None)
-    return out
+def crop_feature(extract: Callable[[np.ndarray], Features], rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The class token `extract` (DinoFeatures.extract) gives a non-empty mask's crop of the image,
+    OBJECT_CONTEXT times its box."""
+    x0, y0, x1, y1 = crop_window(tight_box(mask), mask.shape, OBJECT_CONTEXT)
+    return np.asarray(extract(np.ascontiguousarray(rgb[y0:y1, x0:x1])).cls, np.float32)
 
 
 def object_tokens(features: Features, depth: DepthFrame, masks: np.ndarray, camera_to_base: RigidTransform,
-                  view: ViewSettings, colours: tuple[str, ...] = (), crops: list | None = None) -> ObjectTokens:
+                  view: ViewSettings, colours: tuple[str, ...] = (),
+                  crop: Callable[[np.ndarray], np.ndarray] | None = None) -> ObjectTokens:
     """One token per instance mask ((N, H, W) bool) that has enough depth points above the table; `colours`
-    names each mask's colour (Masks.colours; empty: unknown). `crops`: crop_features of the masks, which
-    view.object_features "crop" takes in place of the mask-pooled patches."""
+    names each mask's colour (Masks.colours; empty: unknown). `crop`: mask -> its crop_feature, which
+    view.object_features "crop" takes in place of the mask-pooled patches (run only for masks that get a
+    token)."""
     if camera_to_base.child != depth.frame:
         raise ValueError(f"camera pose is for {camera_to_base.child!r}, depth is in {depth.frame!r}")
-    if view.object_features == "crop" and (crops is None or len(crops) != len(masks)):
-        raise ValueError(f"object_features 'crop' needs the crop features of all {len(masks)} masks")
+    if view.object_features == "crop" and crop is None:
+        raise ValueError("object_features 'crop' needs the masks' crop features")
     patches = np.asarray(features.patch_tokens, np.float32)
     h, w = depth.metres.shape
     paint = colour_one_hot(colours, len(masks))
@@ -206,7 +204,7 @@ def object_tokens(features: Features, depth: DepthFrame, masks: np.ndarray, came
         weights = patch_weights(mask, features, view.crop_fraction)
         total = float(weights.sum())
         if view.object_features == "crop":
-            pooled.append(crops[i])
+            pooled.append(crop(mask))
         else:
             pooled.append(np.tensordot(weights, patches, axes=([0, 1], [0, 1])) / total if total > 1e-6
                           else np.zeros(patches.shape[-1], np.float32))

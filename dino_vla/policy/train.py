@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from dino_vla.dataset.format import ABSENT, Dataset, DatasetError
 from dino_vla.dataset.references import reference_objects
 from dino_vla.language import Instruction, InstructionError, parse
 from dino_vla.policy.model import Batch, GraspPolicyNet, PolicyConfig, collate
-from dino_vla.policy.tokens import (REFERENCE_SLOTS, TARGET_DIM, TOKENS_VERSION, ViewSettings, crop_features,
+from dino_vla.policy.tokens import (REFERENCE_SLOTS, TARGET_DIM, TOKENS_VERSION, ViewSettings, crop_feature,
                                    grasp_target, language_text, object_tokens, reference_vectors, request_vector,
                                    vision_tokens)
 
@@ -132,9 +133,8 @@ def build_tokens(dataset: Dataset, features: DinoFeatures, text: TextEncoder, vi
         masks = np.stack([frame.mask(k) for k in range(len(frame.objects))]) if frame.objects else \
             np.zeros((0, *frame.labels.shape), bool)
         # colours measured from the pixels, as the perception pipeline measures them on the robot
-        crops = crop_features(features.extract, frame.rgb, masks) if view.object_features == "crop" else None
         objects = object_tokens(feats, frame.depth_frame(), masks, frame.camera_to_base, view,
-                                colour_names(frame.rgb, masks), crops)
+                                colour_names(frame.rgb, masks), partial(crop_feature, features.extract, frame.rgb))
         vision.append(vision_tokens(feats, view.vision_grid))
         if for_finetuning:
             pixels.append(features.preprocess(frame.rgb)[0].half())

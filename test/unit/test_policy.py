@@ -16,7 +16,7 @@ from dino_vla.policy.model import GraspPolicyNet, PolicyConfig, collate
 from dino_vla.policy.runner import GraspPolicy, PolicyFailure
 from dino_vla.dataset.sim_recording import record_sim_demonstrations
 from dino_vla.policy.tokens import (GEOMETRY_DIM, POSITION_COLUMNS, REQUEST_COLOURS, REQUEST_DIM, REQUEST_RELATIONS,
-                                    REQUEST_SIZES, TARGET_DIM, TOKENS_VERSION, ViewSettings, crop_features,
+                                    REQUEST_SIZES, TARGET_DIM, TOKENS_VERSION, ViewSettings, crop_feature,
                                     fold_angle, grasp_from_target, grasp_target, language_text, object_tokens,
                                     patch_weights, reference_vectors, request_vector)
 from dino_vla.dataset.references import reference_objects
@@ -419,11 +419,19 @@ def test_crop_features_and_position_geometry_in_object_tokens(tiny_models, sim_o
 
     _, masks, depth, features, camera_pose, rgb = sim_observation
     backbone = DinoFeatures.load(tiny_models.features)
-    crops = crop_features(backbone.extract, rgb, masks.masks)
+    cropped_masks = []   # what the crop ran on: only masks that get a token (not the empty one added last)
+
+    def crop(mask):
+        cropped_masks.append(mask)
+        return crop_feature(backbone.extract, rgb, mask)
+
+    with_empty = np.concatenate([masks.masks, np.zeros((1, *rgb.shape[:2]), bool)])
     full = object_tokens(features, depth, masks.masks, camera_pose, ViewSettings(), masks.colours)
-    cropped = object_tokens(features, depth, masks.masks, camera_pose,
-                            ViewSettings(object_features="crop", object_geometry="position"), masks.colours, crops)
-    assert cropped.kept == full.kept and len(full) >= 3
+    cropped = object_tokens(features, depth, with_empty, camera_pose,
+                            ViewSettings(object_features="crop", object_geometry="position"), masks.colours, crop)
+    assert cropped.kept == full.kept and len(full) >= 3 and len(with_empty) - 1 in cropped.skipped
+    assert len(cropped_masks) == len(cropped.kept)
+    assert all(np.array_equal(m, with_empty[i]) for m, i in zip(cropped_masks, cropped.kept))
     for row, i in enumerate(cropped.kept):
         x0, y0, x1, y1 = crop_window(tight_box(masks.masks[i]), masks.masks[i].shape, OBJECT_CONTEXT)
         assert (x1 - x0) * (y1 - y0) < rgb.shape[0] * rgb.shape[1] / 4     # a crop, not the frame
@@ -433,9 +441,7 @@ def test_crop_features_and_position_geometry_in_object_tokens(tiny_models, sim_o
     others = [c for c in range(GEOMETRY_DIM) if c not in POSITION_COLUMNS]
     np.testing.assert_array_equal(cropped.geometry[:, list(POSITION_COLUMNS)], full.geometry[:, list(POSITION_COLUMNS)])
     assert not cropped.geometry[:, others].any() and full.geometry[:, others].any()
-    empty = crop_features(backbone.extract, rgb, np.zeros((1, *rgb.shape[:2]), bool))
-    assert empty == [None]
-    with pytest.raises(ValueError, match="crop features of all"):
+    with pytest.raises(ValueError, match="needs the masks' crop features"):
         object_tokens(features, depth, masks.masks, camera_pose, ViewSettings(object_features="crop"))
     with pytest.raises(ValueError, match="object_features must be one of"):
         ViewSettings(object_features="patches")
